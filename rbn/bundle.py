@@ -1,0 +1,244 @@
+"""Model bundles: the on-disk contract between `rbn/` (writes) and `service/` (reads).
+
+Layout (Triton-compatible, so Triton or KServe can serve the same folder):
+
+    <repository>/<name>/config.pbtxt        Triton model configuration
+    <repository>/<name>/<version>/model.onnx
+    <repository>/<name>/model.json          what Triton does not know (this module's schema)
+
+Torch-free: the service imports this module to validate bundles at start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SCHEMA_VERSION = 1
+INPUT_NAME = "input"
+LOGITS_NAME = "logits"
+STATS_NAME = "rbn_stats"
+MODEL_JSON = "model.json"
+CONFIG_PBTXT = "config.pbtxt"
+ONNX_FILE = "model.onnx"
+
+
+class BundleError(Exception):
+    """A bundle is missing, malformed or inconsistent; the message names the bundle and the fault."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    """What the network takes and how an uploaded image is brought to it."""
+
+    name: str = INPUT_NAME
+    channels: int = Field(ge=1, le=4)
+    height: int = Field(ge=1)
+    width: int = Field(ge=1)
+    mean: list[float] = Field(description="per-channel mean subtracted after scaling pixels to [0, 1]")
+    std: list[float] = Field(description="per-channel std dividing after the mean")
+    resize: Literal["fit", "stretch"] = Field(
+        "fit", description="fit: keep aspect ratio and pad with the background; stretch: ignore it"
+    )
+    invert: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description=(
+            "The training images are light objects on a dark background. 'auto' inverts an image "
+            "whose border is brighter than mid-grey (a product photo on a light background)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _per_channel(self) -> InputSpec:
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError("mean and std need one value per channel")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        return self
+
+
+class OodCalibration(_Strict):
+    """Per-layer standardisation of `rbn_stats` on clean training data, and the threshold."""
+
+    layer_mean: list[float]
+    layer_std: list[float]
+    combine: Literal["mean_z", "max_z", "rms_z"] = "mean_z"
+    threshold: float = Field(description="score at the clean data's 95th percentile")
+    clean_quantile: float = 0.95
+    calibration_samples: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _lengths(self) -> OodCalibration:
+        if len(self.layer_mean) != len(self.layer_std):
+            raise ValueError("layer_mean and layer_std differ in length")
+        if any(s <= 0 for s in self.layer_std):
+            raise ValueError("layer_std values must be positive")
+        return self
+
+
+class Provenance(_Strict):
+    dataset: str
+    recipe: dict
+    seed: int | None = None
+    commit: str | None = None
+    created: str | None = None
+    checkpoint_sha256: str | None = None
+
+
+class BundleMeta(_Strict):
+    """The schema of `model.json`."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    version: int = Field(1, ge=1)
+    architecture: str
+    norm: Literal["rbn", "bn"]
+    baseline: str | None = Field(None, description="for an RBN model: the name of its paired BN bundle")
+    labels: list[str] = Field(min_length=2)
+    input: InputSpec
+    stats_layers: list[str] = Field(description="norm layers in `rbn_stats` column order")
+    folded: bool = True
+    max_batch_size: int = Field(64, ge=1)
+    onnx_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    ood: OodCalibration | None = None
+    provenance: Provenance | None = None
+    evaluation: dict | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BundleMeta:
+        if self.ood is not None and len(self.ood.layer_mean) != len(self.stats_layers):
+            raise ValueError(f"ood calibration has {len(self.ood.layer_mean)} layers, stats_layers has {len(self.stats_layers)}")
+        if self.baseline is not None and self.norm != "rbn":
+            raise ValueError("only an RBN bundle names a baseline")
+        return self
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def onnx_path(bundle_dir: Path, version: int) -> Path:
+    return bundle_dir / str(version) / ONNX_FILE
+
+
+def triton_config(meta: BundleMeta) -> str:
+    """config.pbtxt for Triton's onnxruntime backend (batch dimension implicit)."""
+    spec = meta.input
+    return (
+        f'name: "{meta.name}"\n'
+        'platform: "onnxruntime_onnx"\n'
+        f"max_batch_size: {meta.max_batch_size}\n"
+        "input [\n"
+        f'  {{ name: "{spec.name}", data_type: TYPE_FP32, dims: [ {spec.channels}, {spec.height}, {spec.width} ] }}\n'
+        "]\n"
+        "output [\n"
+        f'  {{ name: "{LOGITS_NAME}", data_type: TYPE_FP32, dims: [ {len(meta.labels)} ] }},\n'
+        f'  {{ name: "{STATS_NAME}", data_type: TYPE_FP32, dims: [ {len(meta.stats_layers)} ] }}\n'
+        "]\n"
+        "dynamic_batching {\n"
+        f"  preferred_batch_size: [ {', '.join(str(b) for b in _preferred_sizes(meta.max_batch_size))} ]\n"
+        "  max_queue_delay_microseconds: 2000\n"
+        "}\n"
+        'instance_group [ { kind: KIND_AUTO, count: 1 } ]\n'
+    )
+
+
+def _preferred_sizes(max_batch_size: int) -> list[int]:
+    sizes = [b for b in (8, 16, 32, 64, 128) if b <= max_batch_size]
+    return sizes or [max_batch_size]
+
+
+def write_bundle(repository: Path, meta_fields: dict, onnx_bytes: bytes) -> Path:
+    """Write a complete bundle (ONNX, model.json with its sha256, config.pbtxt); returns its folder."""
+    bundle_dir = Path(repository) / meta_fields["name"]
+    version = meta_fields.get("version", 1)
+    target = onnx_path(bundle_dir, version)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(onnx_bytes)
+    meta = BundleMeta(**{**meta_fields, "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest()})
+    (bundle_dir / MODEL_JSON).write_text(json.dumps(meta.model_dump(mode="json"), indent=2) + "\n")
+    (bundle_dir / CONFIG_PBTXT).write_text(triton_config(meta))
+    return bundle_dir
+
+
+def read_meta(bundle_dir: Path) -> BundleMeta:
+    path = Path(bundle_dir) / MODEL_JSON
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{bundle_dir.name}: no {MODEL_JSON}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{bundle_dir.name}: {MODEL_JSON} is not valid JSON ({exc})") from None
+    try:
+        meta = BundleMeta(**raw) if isinstance(raw, dict) else BundleMeta.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "model.json"
+        raise BundleError(f"{bundle_dir.name}: {MODEL_JSON} field {where}: {first['msg']} ({exc.error_count()} error(s))") from None
+    if meta.name != Path(bundle_dir).name:
+        raise BundleError(f"{bundle_dir.name}: model.json names it {meta.name!r}; the folder name must match")
+    return meta
+
+
+def validate_bundle(bundle_dir: Path, check_graph: bool = True) -> BundleMeta:
+    """Check schema, hash, ONNX validity and that the graph's inputs/outputs match the metadata.
+
+    Raises BundleError with one clear message on the first fault; returns the metadata.
+    """
+    bundle_dir = Path(bundle_dir)
+    meta = read_meta(bundle_dir)
+    model_file = onnx_path(bundle_dir, meta.version)
+    if not model_file.is_file():
+        raise BundleError(f"{meta.name}: missing {model_file.relative_to(bundle_dir)}")
+    actual = sha256_file(model_file)
+    if actual != meta.onnx_sha256:
+        raise BundleError(f"{meta.name}: sha256 of {ONNX_FILE} is {actual[:12]}…, model.json says {meta.onnx_sha256[:12]}…")
+    if not (bundle_dir / CONFIG_PBTXT).is_file():
+        raise BundleError(f"{meta.name}: missing {CONFIG_PBTXT}")
+    if (bundle_dir / CONFIG_PBTXT).read_text() != triton_config(meta):
+        raise BundleError(f"{meta.name}: {CONFIG_PBTXT} does not match model.json (regenerate it with `rbn bundle-config`)")
+    if check_graph:
+        _check_graph(meta, model_file)
+    return meta
+
+
+def _check_graph(meta: BundleMeta, model_file: Path) -> None:
+    import onnx
+
+    try:
+        model = onnx.load(str(model_file))
+        onnx.checker.check_model(model)
+    except Exception as exc:  # onnx raises several unrelated types for a bad file
+        raise BundleError(f"{meta.name}: {ONNX_FILE} fails the ONNX checker: {str(exc).splitlines()[0]}") from None
+
+    def dims(value_info) -> list[int | str]:
+        return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value_info.type.tensor_type.shape.dim]
+
+    inputs = {i.name: dims(i) for i in model.graph.input}
+    outputs = {o.name: dims(o) for o in model.graph.output}
+    spec = meta.input
+    expected_in = {spec.name: [spec.channels, spec.height, spec.width]}
+    expected_out = {LOGITS_NAME: [len(meta.labels)], STATS_NAME: [len(meta.stats_layers)]}
+    for kind, actual, expected in (("input", inputs, expected_in), ("output", outputs, expected_out)):
+        if set(actual) != set(expected):
+            raise BundleError(f"{meta.name}: graph {kind}s are {sorted(actual)}, metadata expects {sorted(expected)}")
+        for name, want in expected.items():
+            got = actual[name]
+            if len(got) != len(want) + 1 or got[1:] != want or isinstance(got[0], int) and got[0] != 0:
+                raise BundleError(f"{meta.name}: {kind} {name!r} has shape {got}, expected [batch, {', '.join(map(str, want))}]")
+
+
+def discover(repository: Path) -> list[Path]:
+    """Bundle folders (those holding a model.json) in a repository, sorted by name."""
+    return sorted(p for p in Path(repository).iterdir() if p.is_dir() and (p / MODEL_JSON).exists())

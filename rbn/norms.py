@@ -1,0 +1,32 @@
+"""Name -> norm layer registry. Every entry takes BatchNorm2d's channels-first signature."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from rbn.layer import RepresentativeBatchNorm2d
+
+NormFactory = Callable[[int], nn.Module]
+
+NORM_LAYERS: dict[str, type[nn.Module]] = {
+    "bn": nn.BatchNorm2d,
+    "rbn": RepresentativeBatchNorm2d,
+}
+
+
+def get_norm_layer(name: str) -> type[nn.Module]:
+    """Look a norm layer up by name; an unknown name raises ValueError listing valid ones."""
+    try:
+        return NORM_LAYERS[name.lower()]
+    except KeyError:
+        valid = ", ".join(sorted(NORM_LAYERS))
+        raise ValueError(f"unknown norm layer {name!r}; valid names: {valid}") from None
+
+
+def norm_name(layer_type: type[nn.Module]) -> str:
+    for name, cls in NORM_LAYERS.items():
+        if cls is layer_type:
+            return name
+    raise ValueError(f"{layer_type.__name__} is not a registered norm layer")

@@ -1,0 +1,88 @@
+"""`rbn_stats`: per layer, the RMS over channels of K(X_hat), the instance's normalised mean.
+
+It is the quantity RBN's scaling calibration reads, and the service's out-of-distribution
+signal: how many running standard deviations this instance's channel means sit from the
+training statistics. For plain BN the same quantity is defined with w_m = 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from rbn.layer import instance_mean
+
+
+def channel_rms(k_hat: torch.Tensor) -> torch.Tensor:
+    """(N, C, 1, 1) -> (N,): root mean square over channels."""
+    return k_hat.flatten(1).pow(2).mean(dim=1).sqrt()
+
+
+class StatsRecorder:
+    """Collects one (N,) statistic per norm layer per forward pass, in forward order."""
+
+    def __init__(self) -> None:
+        self.per_layer: list[torch.Tensor] = []
+
+    def add(self, k_hat: torch.Tensor) -> None:
+        self.per_layer.append(channel_rms(k_hat))
+
+    def stacked(self) -> torch.Tensor:
+        """Shape (N, L)."""
+        return torch.stack(self.per_layer, dim=1)
+
+
+def _bn_hook(recorder: StatsRecorder):
+    def hook(module: nn.BatchNorm2d, inputs, _output) -> None:
+        (x,) = inputs
+        a = torch.rsqrt(module.running_var + module.eps).view(1, -1, 1, 1)
+        recorder.add((instance_mean(x) - module.running_mean.view(1, -1, 1, 1)) * a)
+
+    return hook
+
+
+def _reports_itself(module: nn.Module) -> bool:
+    # RBN and the folded modules of rbn.fold compute k themselves and report it if asked.
+    return "stats_recorder" in module.__dict__
+
+
+def stats_sources(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules that yield a statistic: norm layers and folded conv-norm pairs."""
+    return [(n, m) for n, m in model.named_modules() if _reports_itself(m) or isinstance(m, nn.BatchNorm2d)]
+
+
+@contextlib.contextmanager
+def record_stats(model: nn.Module) -> Iterator[StatsRecorder]:
+    """Attach a recorder to every statistic source of an eval-mode model for the duration."""
+    recorder = StatsRecorder()
+    handles = []
+    sources = [m for _, m in stats_sources(model)]
+    try:
+        for module in sources:
+            if _reports_itself(module):
+                module.stats_recorder = recorder
+            else:
+                handles.append(module.register_forward_hook(_bn_hook(recorder)))
+        yield recorder
+    finally:
+        for module in sources:
+            if _reports_itself(module):
+                module.stats_recorder = None
+        for h in handles:
+            h.remove()
+
+
+def stats_layer_names(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Names of the statistic sources in the order a forward pass reports them."""
+    order: list[str] = []
+    handles = [m.register_forward_pre_hook(lambda _m, _i, n=n: order.append(n)) for n, m in stats_sources(model)]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return order
