@@ -62,6 +62,8 @@ def export_onnx(
         # torch marks it deprecated, which is not news to the caller.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
+        # The per-layer channel counts in rbn.stats are constants of the architecture.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             wrapper,
             (example,),

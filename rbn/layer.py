@@ -102,6 +102,15 @@ class RepresentativeBatchNorm2d(nn.BatchNorm2d):
             key = prefix + name
             if key in state_dict and state_dict[key].dim() == 4:
                 state_dict[key] = state_dict[key].reshape(-1)
+        # A plain BatchNorm2d checkpoint has no calibration weights: start them at the paper's
+        # init and absorb the constant gate sigmoid(w_b) into gamma, so the layer computes what
+        # the BN layer computed (the same rule as convert_bn_to_rbn).
+        if prefix + "running_mean" in state_dict and prefix + "center_weight" not in state_dict:
+            state_dict[prefix + "center_weight"] = torch.zeros(self.num_features)
+            state_dict[prefix + "scale_weight"] = torch.zeros(self.num_features)
+            state_dict[prefix + "scale_bias"] = torch.ones(self.num_features)
+            if self.affine and prefix + "weight" in state_dict:
+                state_dict[prefix + "weight"] = state_dict[prefix + "weight"] / torch.sigmoid(torch.tensor(1.0))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:

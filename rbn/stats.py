@@ -22,17 +22,24 @@ def channel_rms(k_hat: torch.Tensor) -> torch.Tensor:
 
 
 class StatsRecorder:
-    """Collects one (N,) statistic per norm layer per forward pass, in forward order."""
+    """Collects one (N,) statistic per norm layer per forward pass, in forward order.
+
+    Per layer it keeps the L2 norm over channels (one ReduceL2 node in ONNX) and divides by
+    sqrt(C) once for all layers at the end, which keeps the exported graph small.
+    """
 
     def __init__(self) -> None:
-        self.per_layer: list[torch.Tensor] = []
+        self.norms: list[torch.Tensor] = []
+        self.channels: list[int] = []
 
     def add(self, k_hat: torch.Tensor) -> None:
-        self.per_layer.append(channel_rms(k_hat))
+        self.norms.append(torch.linalg.vector_norm(k_hat, dim=1))  # (N, 1, 1)
+        self.channels.append(k_hat.shape[1])
 
     def stacked(self) -> torch.Tensor:
-        """Shape (N, L)."""
-        return torch.stack(self.per_layer, dim=1)
+        """Shape (N, L): RMS over channels of K(X_hat) per layer."""
+        inv_sqrt_c = torch.tensor([c**-0.5 for c in self.channels], dtype=self.norms[0].dtype)
+        return torch.cat(self.norms, dim=1).flatten(1) * inv_sqrt_c
 
 
 def _bn_hook(recorder: StatsRecorder):

@@ -1,0 +1,108 @@
+"""ONNX export: agreement with PyTorch, per-sample independence, determinism, both norms."""
+
+import sys
+import subprocess
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from rbn.export import export_onnx, inference_model, stats_layers
+from rbn.resnet import resnet20
+
+
+def randomized(norm: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = resnet20(norm)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                if hasattr(m, "center_weight"):
+                    m.center_weight.uniform_(-0.5, 0.5)
+                    m.scale_weight.uniform_(-1, 1)
+                    m.scale_bias.uniform_(-1, 1)
+    return model.eval()
+
+
+@pytest.fixture(scope="module", params=["rbn", "bn"])
+def model(request):
+    return randomized(request.param)
+
+
+def run(data: bytes, x: np.ndarray):
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    return session.run(["logits", "rbn_stats"], {"input": x})
+
+
+@pytest.mark.parametrize("folded", [True, False])
+@pytest.mark.parametrize("batch", [1, 64])
+def test_onnx_matches_pytorch(model, folded, batch):
+    x = torch.randn(batch, 1, 28, 28)
+    with torch.no_grad():
+        ref_logits, ref_stats = inference_model(model, folded=False)(x)
+    logits, stats = run(export_onnx(model, folded=folded), x.numpy())
+    assert stats.shape == (batch, 21)
+    assert np.abs(logits - ref_logits.numpy()).max() <= 1e-4
+    assert np.abs(stats - ref_stats.numpy()).max() <= 1e-4
+    assert stats.min() > 0  # non-trivial statistics, not a constant
+
+
+def test_stats_are_rms_of_normalized_instance_means(model):
+    """rbn_stats[:, 0] recomputed by hand from the stem's pre-norm activations."""
+    x = torch.randn(3, 1, 28, 28)
+    stem_conv, stem_norm = model.stem[0], model.stem[1]
+    with torch.no_grad():
+        pre = stem_conv(x)
+        k_x = pre.mean(dim=(2, 3))
+        w_m = getattr(stem_norm, "center_weight", torch.zeros(16))
+        k_hat = (k_x * (1 + w_m) - stem_norm.running_mean) / torch.sqrt(stem_norm.running_var + stem_norm.eps)
+        expected = k_hat.pow(2).mean(dim=1).sqrt()
+    _, stats = run(export_onnx(model), x.numpy())
+    np.testing.assert_allclose(stats[:, 0], expected.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("folded", [True, False])
+def test_samples_are_independent_within_a_batch(model, folded):
+    data = export_onnx(model, folded=folded)
+    x = np.random.default_rng(0).standard_normal((4, 1, 28, 28), dtype=np.float32)
+    logits_a, stats_a = run(data, x)
+    x[1:] = np.random.default_rng(1).standard_normal((3, 1, 28, 28), dtype=np.float32) * 5 + 2
+    logits_b, stats_b = run(data, x)
+    assert np.abs(logits_a[0] - logits_b[0]).max() <= 1e-6
+    assert np.abs(stats_a[0] - stats_b[0]).max() <= 1e-6
+    assert np.abs(logits_a[1] - logits_b[1]).max() > 1e-3  # the changed sample did change
+
+
+def test_export_is_deterministic_and_checker_clean(model, tmp_path):
+    path = tmp_path / "m.onnx"
+    data = export_onnx(model, path)
+    assert export_onnx(model) == data == path.read_bytes()
+    graph = onnx.load_from_string(data)
+    onnx.checker.check_model(graph, full_check=True)
+    assert graph.opset_import[0].version >= 17
+    assert [o.name for o in graph.graph.output] == ["logits", "rbn_stats"]
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch axis
+
+
+def test_folded_graph_is_leaner_than_unfolded():
+    model = randomized("rbn")
+    nodes = lambda d: len(onnx.load_from_string(d).graph.node)  # noqa: E731
+    assert nodes(export_onnx(model, folded=True)) < nodes(export_onnx(model, folded=False))
+
+
+def test_stats_layer_names_follow_forward_order(model):
+    names = stats_layers(model, (1, 28, 28))
+    assert len(names) == 21 and names[0] == "stem.1"
+    # the shortcut's norm runs before the block's own norms
+    assert names.index("stages.1.0.downsample.1") < names.index("stages.1.0.bn1")
+
+
+def test_import_rbn_is_cheap():
+    code = "import rbn, rbn.bundle, rbn.ood, rbn.data, sys; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
