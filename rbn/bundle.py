@@ -69,7 +69,7 @@ class OodCalibration(_Strict):
 
     layer_mean: list[float]
     layer_std: list[float]
-    combine: Literal["mean_z", "max_z", "rms_z"] = "mean_z"
+    combine: Literal["mean_z", "max_z", "rms_z"] = "rms_z"
     threshold: float = Field(description="score at the clean data's 95th percentile")
     clean_quantile: float = 0.95
     calibration_samples: int = Field(ge=1)

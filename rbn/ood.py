@@ -38,7 +38,7 @@ def score(stats: np.ndarray, calibration: OodCalibration) -> np.ndarray:
     return combine(z, calibration.combine)
 
 
-def calibrate(clean_stats: np.ndarray, how: str = "mean_z", quantile: float = 0.95) -> OodCalibration:
+def calibrate(clean_stats: np.ndarray, how: str = "rms_z", quantile: float = 0.95) -> OodCalibration:
     """Fit the per-layer standardisation and the threshold on clean (in-distribution) stats."""
     clean_stats = np.asarray(clean_stats, dtype=np.float64)
     mean = clean_stats.mean(axis=0)

@@ -1,0 +1,168 @@
+"""`rbn`: train, export, bundle, validate and evaluate models. Errors print one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _train(args) -> None:
+    import torch
+
+    from rbn.train import Recipe, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    recipe = Recipe(arch=args.arch, norm=args.norm, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    out = Path(args.out or f"runs/{args.arch}-{args.norm}-s{args.seed}")
+    final = train(recipe, out, data_path=args.data, device=args.device)
+    print(f"trained {out}: test accuracy {final['history'][-1]['test_accuracy']:.4f}")
+
+
+def _export(args) -> None:
+    from rbn.export import export_onnx
+    from rbn.release import INPUT_SHAPE, load_checkpoint
+
+    model, _ = load_checkpoint(args.checkpoint)
+    data = export_onnx(model, args.out, input_shape=INPUT_SHAPE, folded=not args.unfolded)
+    print(f"wrote {args.out} ({len(data)} bytes)")
+
+
+def _bundle(args) -> None:
+    from rbn.release import bundle_from_checkpoint
+
+    evaluation = json.loads(Path(args.evaluation).read_text()) if args.evaluation else None
+    path = bundle_from_checkpoint(args.checkpoint, args.repository, args.name, args.baseline, args.version, evaluation, args.data)
+    print(f"wrote bundle {path}")
+
+
+def _validate(args) -> int:
+    from rbn.bundle import BundleError, validate_bundle
+
+    failed = 0
+    for bundle_dir in args.bundles:
+        try:
+            meta = validate_bundle(Path(bundle_dir))
+            print(f"ok   {bundle_dir}: {meta.norm} {meta.architecture} v{meta.version}, {len(meta.labels)} labels")
+        except BundleError as exc:
+            print(f"FAIL {bundle_dir}: {exc}")
+            failed += 1
+    return 1 if failed else 0
+
+
+def _evaluate(args) -> None:
+    from rbn.evaluate import EvalConfig, OnnxClassifier, evaluate
+
+    config = EvalConfig(corruption_samples=args.corruption_samples, calibration_samples=args.calibration_samples)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for source in args.models:
+        name, onnx_bytes, meta = _load_for_eval(Path(source))
+        print(f"== {name}")
+        result = evaluate(OnnxClassifier(onnx_bytes, threads=args.threads), config, args.data)
+        doc = {"model": name, "source": str(source), **meta, "config": vars(config) | {"families": list(config.families)}, **result.to_json(), "score_samples": result.score_samples}
+        (out / f"{name}.json").write_text(json.dumps(doc, indent=1))
+        print(f"wrote {out / (name + '.json')}")
+
+
+def _load_for_eval(source: Path) -> tuple[str, bytes, dict]:
+    """A bundle folder, an .onnx file, or a training checkpoint (exported in memory)."""
+    from rbn.bundle import onnx_path, validate_bundle
+
+    if source.is_dir():
+        meta = validate_bundle(source)
+        info = {"norm": meta.norm, "seed": meta.provenance.seed if meta.provenance else None}
+        return meta.name, onnx_path(source, meta.version).read_bytes(), info
+    if source.suffix == ".onnx":
+        return source.stem, source.read_bytes(), {"norm": None, "seed": None}
+    from rbn.export import export_onnx
+    from rbn.release import INPUT_SHAPE, load_checkpoint
+
+    model, recipe = load_checkpoint(source)
+    name = f"{recipe['arch']}-{recipe['norm']}-s{recipe['seed']}"
+    return name, export_onnx(model, input_shape=INPUT_SHAPE), {"norm": recipe["norm"], "seed": recipe["seed"]}
+
+
+def _report(args) -> None:
+    from rbn.report import write_report
+
+    write_report(Path(args.results), Path(args.out))
+    print(f"wrote {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rbn", description=__doc__)
+    parser.add_argument("--data", help="Fashion-MNIST folder (default: RBN_FASHION_MNIST_DIR or the Debian package's)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one model (resumes from OUT/last.pt)")
+    p.add_argument("--arch", default="resnet20")
+    p.add_argument("--norm", choices=["rbn", "bn"], required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    p.add_argument("--out", help="run folder (default runs/<arch>-<norm>-s<seed>)")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("export", help="checkpoint -> ONNX (logits, rbn_stats)")
+    p.add_argument("checkpoint")
+    p.add_argument("out")
+    p.add_argument("--unfolded", action="store_true", help="export the layer as written, not folded")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("bundle", help="checkpoint -> bundle in the model repository")
+    p.add_argument("checkpoint")
+    p.add_argument("--name", required=True)
+    p.add_argument("--baseline", help="for an RBN model: its BN bundle's name")
+    p.add_argument("--repository", default="models")
+    p.add_argument("--version", type=int, default=1)
+    p.add_argument("--evaluation", help="JSON file with the evaluation summary to embed")
+    p.set_defaults(func=_bundle)
+
+    p = sub.add_parser("validate", help="check bundles: schema, hash, ONNX checker, graph vs metadata")
+    p.add_argument("bundles", nargs="+")
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("evaluate", help="clean, corruption and OOD evaluation -> JSON per model")
+    p.add_argument("models", nargs="+", help="bundle folders, .onnx files or checkpoints")
+    p.add_argument("--out", default="results")
+    p.add_argument("--corruption-samples", type=int, default=10_000)
+    p.add_argument("--calibration-samples", type=int, default=10_000)
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("report", help="aggregate evaluation JSON over seeds -> Markdown + PNG plots")
+    p.add_argument("results", help="folder of `rbn evaluate` JSON files")
+    p.add_argument("--out", default="results/report.md")
+    p.set_defaults(func=_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rbn.bundle import BundleError
+    from rbn.data import DatasetError
+
+    args = build_parser().parse_args(argv)
+    errors: tuple[type[Exception], ...] = (DatasetError, BundleError, FileNotFoundError)
+    try:
+        from rbn.release import CheckpointError
+
+        errors += (CheckpointError,)
+    except ImportError:  # torch not installed: only the torch-free commands work
+        pass
+    try:
+        return args.func(args) or 0
+    except errors as exc:
+        print(f"rbn {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Evaluate exported models: clean accuracy, corruption robustness, OOD detection from rbn_stats.
+
+Works on ONNX bytes through ONNX Runtime (CPU), so it measures exactly what the service runs;
+a checkpoint is exported in memory first (see rbn.cli). Torch-free.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnxruntime as ort
+
+from rbn import data as fmnist
+from rbn.bundle import OodCalibration
+from rbn.corruptions import CORRUPTION_NAMES, SEVERITIES, corrupt
+from rbn.ood import calibrate, score
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Predictions:
+    labels: np.ndarray  # (N,) predicted class
+    stats: np.ndarray  # (N, L) rbn_stats
+
+
+class OnnxClassifier:
+    """An ONNX Runtime session over uint8 Fashion-MNIST-shaped images."""
+
+    def __init__(self, onnx_bytes: bytes, threads: int = 0, batch_size: int = 256) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+        self.batch_size = batch_size
+
+    def predict(self, images_u8: np.ndarray) -> Predictions:
+        labels, stats = [], []
+        for i in range(0, len(images_u8), self.batch_size):
+            logits, s = self.session.run(["logits", "rbn_stats"], {"input": fmnist.normalize(images_u8[i : i + self.batch_size])})
+            labels.append(logits.argmax(1))
+            stats.append(s)
+        return Predictions(np.concatenate(labels), np.concatenate(stats))
+
+
+def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
+    """Probability that an OOD sample scores above an in-distribution one (ties count half)."""
+    scores = np.concatenate([in_scores, out_scores])
+    order = scores.argsort(kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    # average ranks for ties
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    avg = first + (counts - 1) / 2.0 + 1
+    ranks[order] = np.repeat(avg, counts)
+    n_in, n_out = len(in_scores), len(out_scores)
+    return float((ranks[n_in:].sum() - n_out * (n_out + 1) / 2) / (n_in * n_out))
+
+
+def fpr_at_95_tpr(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
+    """Fraction of in-distribution samples flagged when the threshold catches 95% of OOD ones."""
+    threshold = np.quantile(out_scores, 0.05)
+    return float((in_scores >= threshold).mean())
+
+
+def detection(in_scores: np.ndarray, out_scores: np.ndarray, threshold: float) -> dict:
+    return {
+        "auroc": auroc(in_scores, out_scores),
+        "fpr_at_95_tpr": fpr_at_95_tpr(in_scores, out_scores),
+        "flag_rate": float((out_scores > threshold).mean()),
+    }
+
+
+@dataclass
+class EvalConfig:
+    corruption_samples: int = 10_000  # first N test images used for the corruption suite
+    calibration_samples: int = 10_000  # training images used to fit the OOD standardisation
+    seed: int = 0
+    families: tuple[str, ...] = CORRUPTION_NAMES
+    severities: tuple[int, ...] = SEVERITIES
+    combine: str = "rms_z"  # two-sided: shifts either way are anomalous
+
+
+@dataclass
+class EvalResult:
+    clean_accuracy: float
+    corruption_accuracy: dict[str, list[float]]  # family -> accuracy per severity
+    mean_corruption_accuracy: float
+    ood: dict[str, dict]  # family or 'far_ood_digits' -> detection metrics
+    calibration: OodCalibration
+    seconds: float
+    score_samples: dict[str, list[float]] = field(default_factory=dict)  # for histograms
+
+    def to_json(self) -> dict:
+        return {
+            "clean_accuracy": self.clean_accuracy,
+            "corruption_accuracy": self.corruption_accuracy,
+            "mean_corruption_accuracy": self.mean_corruption_accuracy,
+            "ood": self.ood,
+            "calibration": self.calibration.model_dump(),
+            "seconds": self.seconds,
+        }
+
+
+def fit_calibration(model: OnnxClassifier, config: EvalConfig, data_path: str | None = None) -> OodCalibration:
+    train = fmnist.load_split("train", data_path)
+    rng = np.random.default_rng(config.seed)
+    idx = rng.choice(len(train.images), size=min(config.calibration_samples, len(train.images)), replace=False)
+    return calibrate(model.predict(train.images[np.sort(idx)]).stats, how=config.combine)
+
+
+def evaluate(model: OnnxClassifier, config: EvalConfig, data_path: str | None = None, progress: Progress = print) -> EvalResult:
+    """The full suite for one model. Corrupted sets are regenerated per model from the same seed."""
+    from rbn.far_ood import load_digits_28
+
+    started = time.monotonic()
+    test = fmnist.load_split("test", data_path)
+    calibration = fit_calibration(model, config, data_path)
+    clean = model.predict(test.images)
+    clean_accuracy = float((clean.labels == test.labels).mean())
+    clean_scores = score(clean.stats, calibration)
+    progress(f"clean accuracy {clean_accuracy:.4f}")
+
+    images, labels = test.images[: config.corruption_samples], test.labels[: config.corruption_samples]
+    in_scores = clean_scores[: config.corruption_samples]
+    corruption_accuracy: dict[str, list[float]] = {}
+    ood: dict[str, dict] = {}
+    samples: dict[str, list[float]] = {"clean": clean_scores[:2000].tolist()}
+    for family in config.families:
+        accs, family_scores = [], []
+        for severity in config.severities:
+            pred = model.predict(corrupt(images, family, severity, seed=config.seed))
+            accs.append(float((pred.labels == labels).mean()))
+            family_scores.append(score(pred.stats, calibration))
+        corruption_accuracy[family] = accs
+        pooled = np.concatenate(family_scores)
+        ood[family] = detection(in_scores, pooled, calibration.threshold)
+        ood[family]["per_severity_auroc"] = [auroc(in_scores, s) for s in family_scores]
+        samples[family] = pooled[:2000].tolist()
+        progress(f"{family}: accuracy {' '.join(f'{a:.3f}' for a in accs)}  AUROC {ood[family]['auroc']:.3f}")
+
+    digits = model.predict(load_digits_28())
+    digit_scores = score(digits.stats, calibration)
+    ood["far_ood_digits"] = detection(clean_scores, digit_scores, calibration.threshold)
+    samples["far_ood_digits"] = digit_scores.tolist()
+    progress(f"far-OOD digits AUROC {ood['far_ood_digits']['auroc']:.3f}")
+    mean_corruption = float(np.mean([a for accs in corruption_accuracy.values() for a in accs]))
+    return EvalResult(clean_accuracy, corruption_accuracy, mean_corruption, ood, calibration, time.monotonic() - started, samples)
+
+
+def relative_corruption_error(model: dict, baseline: dict) -> dict[str, float]:
+    """mCE-style: per family, sum of errors over severities divided by the baseline's (BN = 1)."""
+    out = {}
+    for family, accs in model["corruption_accuracy"].items():
+        base_err = sum(1 - a for a in baseline["corruption_accuracy"][family])
+        out[family] = sum(1 - a for a in accs) / base_err if base_err > 0 else float("nan")
+    out["mean"] = float(np.mean([v for k, v in out.items()]))
+    return out

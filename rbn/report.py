@@ -1,0 +1,128 @@
+"""Aggregate `rbn evaluate` JSON files over seeds: a Markdown table (mean ± std) and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from rbn.evaluate import relative_corruption_error
+
+ARMS = ("rbn", "bn")
+
+
+def load_results(folder: Path) -> dict[str, list[dict]]:
+    """norm -> list of per-seed result documents, sorted by seed."""
+    by_arm: dict[str, list[dict]] = defaultdict(list)
+    for path in sorted(folder.glob("*.json")):
+        doc = json.loads(path.read_text())
+        if doc.get("norm") in ARMS:
+            by_arm[doc["norm"]].append(doc)
+    for docs in by_arm.values():
+        docs.sort(key=lambda d: d.get("seed") or 0)
+    return dict(by_arm)
+
+
+def _ms(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
+    v = np.asarray(values, dtype=float) * scale
+    if len(v) == 1:
+        return f"{v[0]:.{digits}f}"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+
+
+def paired_ce(by_arm: dict[str, list[dict]]) -> list[dict[str, float]]:
+    """Relative corruption error of each RBN seed against the BN run of the same seed."""
+    bn_by_seed = {d.get("seed"): d for d in by_arm.get("bn", [])}
+    return [relative_corruption_error(d, bn_by_seed[d.get("seed")]) for d in by_arm.get("rbn", []) if d.get("seed") in bn_by_seed]
+
+
+def markdown(by_arm: dict[str, list[dict]]) -> str:
+    arms = [a for a in ARMS if a in by_arm]
+    families = list(by_arm[arms[0]][0]["corruption_accuracy"])
+    seeds = {a: [d.get("seed") for d in by_arm[a]] for a in arms}
+    lines = [
+        "| metric | " + " | ".join(f"{a.upper()} (seeds {', '.join(map(str, seeds[a]))})" for a in arms) + " |",
+        "|---" * (len(arms) + 1) + "|",
+    ]
+
+    def row(label: str, get, scale: float = 100.0) -> None:
+        lines.append(f"| {label} | " + " | ".join(_ms([get(d) for d in by_arm[a]], scale) for a in arms) + " |")
+
+    row("clean accuracy (%)", lambda d: d["clean_accuracy"])
+    row("mean corruption accuracy (%)", lambda d: d["mean_corruption_accuracy"])
+    ce = paired_ce(by_arm)
+    if ce:
+        lines.append("| relative corruption error (BN = 100) | " + _ms([c["mean"] for c in ce], 100, 1) + " | 100 |")
+    row("far-OOD digits AUROC", lambda d: d["ood"]["far_ood_digits"]["auroc"], 1.0)
+    row("far-OOD digits FPR at 95% TPR", lambda d: d["ood"]["far_ood_digits"]["fpr_at_95_tpr"], 1.0)
+    row("mean corruption AUROC", lambda d: np.mean([d["ood"][f]["auroc"] for f in families]), 1.0)
+    lines += ["", "Per corruption family (accuracy % averaged over severities 1-5; OOD AUROC with severities pooled):", ""]
+    lines.append("| family | " + " | ".join(f"{a.upper()} acc" for a in arms) + " | " + " | ".join(f"{a.upper()} AUROC" for a in arms) + " |")
+    lines.append("|---" * (2 * len(arms) + 1) + "|")
+    for f in families:
+        accs = [_ms([np.mean(d["corruption_accuracy"][f]) for d in by_arm[a]]) for a in arms]
+        aucs = [_ms([d["ood"][f]["auroc"] for d in by_arm[a]], 1.0, 3) for a in arms]
+        lines.append(f"| {f} | " + " | ".join(accs + aucs) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(by_arm: dict[str, list[dict]], out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = [a for a in ARMS if a in by_arm]
+    families = list(by_arm[arms[0]][0]["corruption_accuracy"])
+    written = []
+    cols = 5
+    rows = -(-len(families) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), sharey=True)
+    for ax, family in zip(axes.flat, families):
+        for arm, color in zip(arms, ("tab:red", "tab:blue")):
+            acc = np.array([d["corruption_accuracy"][family] for d in by_arm[arm]]) * 100
+            sev = np.arange(1, acc.shape[1] + 1)
+            ax.errorbar(sev, acc.mean(0), yerr=acc.std(0), label=arm.upper(), color=color, marker="o", ms=3, capsize=2)
+        ax.set_title(family, fontsize=9)
+        ax.set_xticks(sev)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(families):]:
+        ax.axis("off")
+    axes.flat[0].legend()
+    fig.supxlabel("severity")
+    fig.supylabel("accuracy (%)")
+    fig.tight_layout()
+    path = out_dir / "accuracy_vs_severity.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    written.append(path)
+
+    fig, axes = plt.subplots(1, len(arms), figsize=(6 * len(arms), 3.5), squeeze=False)
+    for ax, arm in zip(axes[0], arms):
+        doc = by_arm[arm][0]
+        samples = doc["score_samples"]
+        bins = np.linspace(min(min(v) for v in samples.values()), np.quantile(samples["far_ood_digits"] + samples["clean"], 0.99) + 1, 60)
+        ax.hist(samples["clean"], bins=bins, alpha=0.6, density=True, label="clean test")
+        corrupted = np.concatenate([samples[f] for f in families])
+        ax.hist(corrupted, bins=bins, alpha=0.4, density=True, label="corrupted (all families)")
+        ax.hist(samples["far_ood_digits"], bins=bins, alpha=0.5, density=True, label="far-OOD digits")
+        ax.axvline(doc["calibration"]["threshold"], color="k", ls="--", lw=1, label="threshold (clean p95)")
+        ax.set_title(f"{arm.upper()} seed {doc.get('seed')}: OOD score")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out_dir / "ood_score_histograms.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    written.append(path)
+    return written
+
+
+def write_report(results: Path, out: Path) -> None:
+    by_arm = load_results(results)
+    if not by_arm:
+        raise FileNotFoundError(f"{results}: no evaluation JSON files with a norm of rbn or bn")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(markdown(by_arm))
+    plot(by_arm, out.parent)

@@ -1,0 +1,83 @@
+"""Bundle writer/validator round trip and one clear error per kind of fault."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from rbn.bundle import BundleError, validate_bundle, write_bundle
+from rbn.data import LABELS, MEAN, STD
+from rbn.export import export_onnx, inference_model, stats_layers
+from rbn.ood import calibrate
+from rbn.resnet import resnet20
+
+
+def meta_for(model, name, norm, stats):
+    return {
+        "name": name, "architecture": "resnet20", "norm": norm, "labels": list(LABELS),
+        "input": {"channels": 1, "height": 28, "width": 28, "mean": [MEAN], "std": [STD]},
+        "stats_layers": stats_layers(model, (1, 28, 28)), "ood": calibrate(stats).model_dump(),
+    }  # fmt: skip
+
+
+@pytest.fixture()
+def bundle(tmp_path):
+    torch.manual_seed(0)
+    model = resnet20("rbn").eval()
+    with torch.no_grad():
+        _, stats = inference_model(model)(torch.randn(64, 1, 28, 28))
+    return write_bundle(tmp_path, meta_for(model, "tiny-rbn", "rbn", stats.numpy()), export_onnx(model))
+
+
+def test_round_trip(bundle):
+    meta = validate_bundle(bundle)
+    assert meta.name == "tiny-rbn" and len(meta.stats_layers) == 21 and meta.ood.combine == "rms_z"
+    config = (bundle / "config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in config and "dynamic_batching" in config and "dims: [ 21 ]" in config
+
+
+def edit_json(bundle, change):
+    path = bundle / "model.json"
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda b: (b / "1" / "model.onnx").write_bytes(b"not onnx"), "sha256"),
+        (lambda b: (b / "model.json").write_text("{"), "not valid JSON"),
+        (lambda b: edit_json(b, lambda d: d.pop("labels")), "field labels"),
+        (lambda b: edit_json(b, lambda d: d.update(name="other")), "folder name must match"),
+        (lambda b: edit_json(b, lambda d: d["stats_layers"].pop()), "ood calibration has 21 layers"),
+        (lambda b: edit_json(b, lambda d: d.update(labels=d["labels"][:5])), "config.pbtxt does not match"),
+        (lambda b: (b / "config.pbtxt").unlink(), "missing config.pbtxt"),
+        (lambda b: (b / "1" / "model.onnx").unlink(), "missing 1/model.onnx"),
+    ],
+)
+def test_faults_give_one_clear_error(bundle, damage, message):
+    damage(bundle)
+    with pytest.raises(BundleError, match=message):
+        validate_bundle(bundle)
+
+
+def test_graph_metadata_mismatch_is_caught(tmp_path):
+    """Valid hash and config, but the ONNX file has other labels than model.json claims."""
+    model = resnet20("bn", num_classes=5).eval()
+    meta = meta_for(resnet20("bn").eval(), "mismatch", "bn", np.random.rand(32, 21) + 1)
+    with pytest.raises(BundleError, match="output 'logits' has shape"):
+        validate_bundle(write_bundle(tmp_path, meta, export_onnx(model)))
+
+
+def test_cli_validate_prints_one_line_per_bundle(bundle, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    result = subprocess.run([sys.executable, "-m", "rbn.cli", "validate", str(bundle), str(bad)], capture_output=True, text=True)
+    assert result.returncode == 1
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("ok ") and lines[1].startswith("FAIL") and "no model.json" in lines[1]
+    assert "Traceback" not in result.stderr
