@@ -1,4 +1,4 @@
-"""`rbn`: train, export, bundle, validate and evaluate models. Errors print one line."""
+"""`rbn`: train, export, bundle and evaluate models (validate bundles with `rbn-serve validate`). Errors print one line."""
 
 from __future__ import annotations
 
@@ -36,20 +36,6 @@ def _bundle(args) -> None:
     evaluation = json.loads(Path(args.evaluation).read_text()) if args.evaluation else None
     path = bundle_from_checkpoint(args.checkpoint, args.repository, args.name, args.baseline, args.version, evaluation, args.data)
     print(f"wrote bundle {path}")
-
-
-def _validate(args) -> int:
-    from rbn.bundle import BundleError, validate_bundle
-
-    failed = 0
-    for bundle_dir in args.bundles:
-        try:
-            meta = validate_bundle(Path(bundle_dir))
-            print(f"ok   {bundle_dir}: {meta.norm} {meta.architecture} v{meta.version}, {len(meta.labels)} labels")
-        except BundleError as exc:
-            print(f"FAIL {bundle_dir}: {exc}")
-            failed += 1
-    return 1 if failed else 0
 
 
 def _evaluate(args) -> None:
@@ -123,10 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int, default=1)
     p.add_argument("--evaluation", help="JSON file with the evaluation summary to embed")
     p.set_defaults(func=_bundle)
-
-    p = sub.add_parser("validate", help="check bundles: schema, hash, ONNX checker, graph vs metadata")
-    p.add_argument("bundles", nargs="+")
-    p.set_defaults(func=_validate)
 
     p = sub.add_parser("evaluate", help="clean, corruption and OOD evaluation -> JSON per model")
     p.add_argument("models", nargs="+", help="bundle folders, .onnx files or checkpoints")

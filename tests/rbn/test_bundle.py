@@ -73,11 +73,12 @@ def test_graph_metadata_mismatch_is_caught(tmp_path):
         validate_bundle(write_bundle(tmp_path, meta, export_onnx(model)))
 
 
-def test_cli_validate_prints_one_line_per_bundle(bundle, tmp_path):
+def test_validator_command_prints_one_line_per_bundle(bundle, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
-    result = subprocess.run([sys.executable, "-m", "rbn.cli", "validate", str(bundle), str(bad)], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "service.cli", "validate", str(bundle), str(bad)], capture_output=True, text=True)
     assert result.returncode == 1
     lines = result.stdout.strip().splitlines()
-    assert lines[0].startswith("ok ") and lines[1].startswith("FAIL") and "no model.json" in lines[1]
+    assert lines[0].startswith("OK ") and "tiny-rbn" in lines[0]
+    assert lines[1].startswith("FAIL") and "no model.json" in lines[1]
     assert "Traceback" not in result.stderr

@@ -1,0 +1,1 @@
+"""rbn-serve: the FastAPI + ONNX Runtime inference service (never imports torch)."""

@@ -1,0 +1,37 @@
+"""POST /predict: classify uploaded image(s) with one model."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from service.api import params
+from service.api.deps import json_response
+from service.api.schemas import ERRORS, PredictResponse
+from service.api.uploads import IMAGE_BODY, read_uploads
+from service.middleware import MODEL_KEY
+
+router = APIRouter(tags=["inference"])
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    responses=ERRORS,
+    openapi_extra={**IMAGE_BODY, "parameters": [params.MODEL_DOC, params.TOP_K_DOC]},
+    summary="Classify image(s)",
+    description=(
+        "Send an image as the raw body (`Content-Type: image/*`) or as multipart field(s) `file`. "
+        "Each image gets the top-k labels and an `ood` block (score, flag, per-layer `rbn_stats`).\n\n"
+        "```\ncurl -s --data-binary @shoe.png -H 'Content-Type: image/png' 'http://localhost:8000/predict?top_k=3'\n"
+        "curl -s -F file=@a.png -F file=@b.jpg http://localhost:8000/predict\n```"
+    ),
+)
+async def predict(request: Request) -> Response:
+    # The hot route: parameters are read by hand (see service.api.params), the answer is a plain dict.
+    state, plane = request.app.state.service, request.app.state.plane
+    served = state.model(params.text(request, "model"))
+    request.scope[MODEL_KEY] = served.name
+    top_k = params.integer(request, "top_k", 1, 1000) or state.settings.default_top_k
+    uploads = await read_uploads(request, state.settings)
+    return json_response(await plane.predict(served, uploads, top_k))

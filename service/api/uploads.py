@@ -1,0 +1,68 @@
+"""Read the image(s) of a /predict or /ab request: a raw ``image/*`` body or multipart field(s) ``file``."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from service.config import Settings
+from service.dataplane import Upload
+from service.errors import InvalidArgument, TooManyFiles, UnsupportedMediaType
+
+FIELD = "file"
+
+# The request body as documented in the OpenAPI schema (the routes read it themselves).
+IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "One image as the raw body (Content-Type image/*), "
+                       "or multipart field(s) 'file' (several files: several answers).",
+        "content": {
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [FIELD],
+                    "properties": {FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                }
+            },
+        },
+    }
+}
+
+
+async def read_uploads(request: Request, settings: Settings) -> list[Upload]:
+    content_type = request.headers.get("content-type", "")
+    media = content_type.partition(";")[0].strip().lower()
+    if media.startswith("image/") or media == "application/octet-stream":
+        return [Upload(await request.body())]
+    if media == "multipart/form-data":
+        return await _multipart(request, settings)
+    raise UnsupportedMediaType(
+        f"Content-Type {content_type or '(none)'!r} is not supported; send an image as the body "
+        f"(Content-Type image/png, image/jpeg, ...) or multipart/form-data with field {FIELD!r}"
+    )
+
+
+async def _multipart(request: Request, settings: Settings) -> list[Upload]:
+    parser = MultiPartParser(request.headers, request.stream(), max_files=settings.max_files,
+                             max_fields=32, max_part_size=64 * 1024)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        if exc.message.startswith("Too many files"):
+            raise TooManyFiles(f"more than {settings.max_files} files in one request") from None
+        raise InvalidArgument(f"malformed multipart body: {exc.message}") from None
+    try:
+        parts = form.getlist(FIELD)
+        if not parts:
+            raise InvalidArgument(f"the multipart body has no field {FIELD!r}; send each image as field {FIELD!r}")
+        uploads = []
+        for part in parts:
+            if not isinstance(part, UploadFile):
+                raise InvalidArgument(f"field {FIELD!r} must be a file upload, not a text value")
+            uploads.append(Upload(await part.read(), part.filename or None))
+        return uploads
+    finally:
+        await form.close()

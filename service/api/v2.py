@@ -1,0 +1,103 @@
+"""Open Inference Protocol v2 REST routes (KServe / Triton): health, metadata, infer.
+
+Errors here use the protocol's form ``{"error": "message"}``; health answers carry no body and
+signal true with 200, false with 400, as the protocol says."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from service import oip
+from service.api.deps import State, json_response
+from service.api.schemas import InferRequest, InferResponse, ModelMetadata, ServerMetadata, V2Error
+from service.errors import ModelNotFound
+from service.middleware import MODEL_KEY
+from service.registry import LoadedModel
+from service.state import ServiceState
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
+
+V2_ERRORS = {400: {"model": V2Error}, 404: {"model": V2Error}, 503: {"model": V2Error}}
+HEALTH = {200: {"description": "true (empty body)"}, 400: {"description": "false (empty body)"}}
+
+
+def _model(state: ServiceState, request: Request, name: str, version: str | None) -> LoadedModel:
+    model = state.model(name)
+    if version is not None and version != str(model.meta.version):
+        raise ModelNotFound(f"model {name!r} has no version {version!r}; served: {model.meta.version}")
+    request.scope[MODEL_KEY] = model.name
+    return model
+
+
+def _truth(value: bool) -> Response:
+    return Response(status_code=200 if value else 400)
+
+
+@router.get("", response_model=ServerMetadata, summary="Server metadata")
+async def server_metadata() -> Response:
+    return json_response(oip.server_metadata())
+
+
+@router.get("/health/live", responses=HEALTH, response_class=Response, summary="Server live")
+async def live() -> Response:
+    return _truth(True)
+
+
+@router.get("/health/ready", responses=HEALTH, response_class=Response, summary="Server ready")
+async def ready(state: State) -> Response:
+    return _truth(state.ready)
+
+
+@router.get("/models/{name}", response_model=ModelMetadata, responses=V2_ERRORS, summary="Model metadata")
+@router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, responses=V2_ERRORS,
+            summary="Model metadata (version)")
+async def model_metadata(name: str, request: Request, state: State, version: str | None = None) -> Response:
+    return json_response(oip.model_metadata(_model(state, request, name, version).meta))
+
+
+@router.get("/models/{name}/ready", responses={**HEALTH, 404: {"model": V2Error}}, response_class=Response,
+            summary="Model ready")
+@router.get("/models/{name}/versions/{version}/ready", responses={**HEALTH, 404: {"model": V2Error}},
+            response_class=Response, summary="Model ready (version)")
+async def model_ready(name: str, request: Request, state: State, version: str | None = None) -> Response:
+    model = _model(state, request, name, version)
+    return _truth(model.batcher.started and state.phase in ("ready", "draining"))
+
+
+_INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": (
+            "JSON infer request; or, with the binary tensor data extension, the JSON header followed by raw "
+            f"little-endian tensors and the `{oip.HEADER_LENGTH}` header giving the JSON length."
+        ),
+        "content": {
+            "application/json": {"schema": {"$ref": f"#/components/schemas/{InferRequest.__name__}"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+_PATH_DOCS = [
+    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}, "description": "model name"},
+]
+_VERSION_DOC = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}, "description": "model version"}
+
+
+@router.post("/models/{name}/infer", response_model=InferResponse, responses=V2_ERRORS,
+             openapi_extra={**_INFER_BODY, "parameters": _PATH_DOCS}, summary="Infer on a preprocessed FP32 tensor")
+@router.post("/models/{name}/versions/{version}/infer", response_model=InferResponse, responses=V2_ERRORS,
+             openapi_extra={**_INFER_BODY, "parameters": [*_PATH_DOCS, _VERSION_DOC]}, summary="Infer (version)")
+async def infer(request: Request) -> Response:
+    # A hot route: path parameters read by hand, no per-request dependency solving.
+    state, plane = request.app.state.service, request.app.state.plane
+    path = request.path_params
+    model = _model(state, request, path["name"], path.get("version"))
+    limit = state.settings.max_body_bytes
+    body = oip.decompress(await request.body(), request.headers.get("content-encoding"), limit)
+    parsed = oip.parse_infer(body, request.headers.get(oip.HEADER_LENGTH), model.meta)
+    result = await plane.infer_tensor(model, parsed.x)
+    content, headers, media = oip.encode_infer(model.meta, parsed, {"logits": result.logits, "rbn_stats": result.stats})
+    return Response(content, headers=headers, media_type=media)

@@ -1,0 +1,76 @@
+"""``create_app(settings)``: the FastAPI application, every route listed here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+
+from service import errors
+from service.api import ab, health, models, predict, v2
+from service.api.schemas import InferRequest
+from service.config import Settings
+from service.dataplane import DataPlane
+from service.metrics import Metrics
+from service.middleware import UNMATCHED, ObserveRequests
+from service.oip import server_metadata
+from service.state import ServiceState
+
+DESCRIPTION = """\
+Image classifiers built with Representative Batch Normalization, served through ONNX Runtime.
+
+* `POST /predict` — top-k labels and an out-of-distribution block per image.
+* `POST /ab` — an RBN model against its BN baseline on the same (optionally corrupted) input.
+* `/v2/...` — the Open Inference Protocol (KServe / Triton REST) on preprocessed FP32 tensors.
+* `GET /models`, `/healthz`, `/readyz`, `/metrics`.
+
+Errors on our routes are `{"error": {"code", "message"}}`; on `/v2` routes `{"error": message}`.
+"""
+
+
+def create_app(settings: Settings) -> FastAPI:
+    metrics = Metrics()
+    state = ServiceState(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    app = FastAPI(title="rbn-serve", version=server_metadata()["version"], description=DESCRIPTION, lifespan=lifespan)
+    app.state.service = state
+    app.state.plane = DataPlane(state)
+
+    app.include_router(predict.router)   # POST /predict
+    app.include_router(ab.router)        # POST /ab
+    app.include_router(models.router)    # GET /models, /models/{name}
+    app.include_router(health.router)    # GET /healthz, /readyz, /metrics
+    app.include_router(v2.router)        # /v2, /v2/health/{live,ready}, /v2/models/{name}[/versions/{v}][/ready|/infer]
+
+    def on_reject(request: Request, status: int, code: str) -> None:
+        route = request.scope.get("route")
+        metrics.rejected.labels(route.path if route is not None else UNMATCHED, code).inc()
+
+    errors.install(app, on_reject)
+    app.add_middleware(ObserveRequests, state=state)
+    app.openapi = lambda: _openapi(app)
+    return app
+
+
+def _openapi(app: FastAPI) -> dict:
+    """The generated schema plus the models that routes reading raw bodies refer to."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (InferRequest,):
+            extra = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, definition in extra.pop("$defs", {}).items():
+                components.setdefault(name, definition)
+            components.setdefault(model.__name__, extra)
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -1,0 +1,94 @@
+"""Service settings: environment variables with the ``RBN_SERVE_`` prefix, overridable by CLI flags.
+
+Passed to ``create_app(settings)``; never read from a global. Invalid values fail at start-up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "RBN_SERVE_"
+
+
+class Settings(BaseSettings):
+    """Every knob of the server. Each field is ``RBN_SERVE_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", use_attribute_docstrings=True)
+
+    # --- model repository -------------------------------------------------------------------
+    model_repository: Path = Path("models")
+    """Folder of model bundles (`<name>/model.json`, `<name>/<version>/model.onnx`)."""
+    primary_model: str | None = None
+    """Model used when a request names none; default: the first RBN bundle by name."""
+
+    # --- HTTP -------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    """Interface to bind; use 0.0.0.0 in a container."""
+    port: int = Field(8000, ge=0, le=65535)
+    """TCP port to listen on."""
+    log_format: Literal["text", "json"] = "text"
+    """Log lines as plain text or one JSON object per line."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Minimum level of log lines."""
+    access_log: bool = False
+    """Log every HTTP request (costs time on the hot path)."""
+
+    # --- ONNX Runtime -----------------------------------------------------------------------
+    providers: Literal["auto", "cuda", "cpu"] = "auto"
+    """auto: CUDA when available, else CPU; cuda: CUDA or fail at start-up; cpu: CPU only."""
+    intra_op_threads: int = Field(0, ge=0)
+    """ONNX Runtime threads per inference; 0 picks min(8, CPUs - 1), leaving a core to the HTTP loop."""
+    cuda_device: int = Field(0, ge=0)
+    """GPU index used by the CUDA provider."""
+
+    # --- dynamic batching -------------------------------------------------------------------
+    max_batch_size: int = Field(32, ge=1)
+    """Largest batch, in images, the batcher forms (capped by each bundle's own max_batch_size)."""
+    max_queue_delay_ms: float = Field(2.0, ge=0)
+    """With an inference slot free, how long a batch waits for more requests; an idle runtime runs at once."""
+    max_queue_size: int = Field(256, ge=1)
+    """Images waiting per model; beyond it requests get 503 with Retry-After at once."""
+    instances: int = Field(1, ge=1, le=16)
+    """Batches of one model that may run at the same time (Triton's instance count)."""
+
+    # --- limits -----------------------------------------------------------------------------
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    """Largest request body (413 beyond it)."""
+    max_image_pixels: int = Field(4096 * 4096, ge=64)
+    """Largest width x height of an uploaded image, checked before decoding (413 beyond it)."""
+    max_files: int = Field(16, ge=1)
+    """Most images in one multipart request (413 beyond it)."""
+    default_top_k: int = Field(3, ge=1)
+    """Labels returned per image when the request does not say."""
+    retry_after_s: int = Field(1, ge=0)
+    """Value of the Retry-After header on 503 answers."""
+
+    # --- shadow traffic and shutdown --------------------------------------------------------
+    shadow_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    """Fraction of /predict requests whose images also run on the model's baseline, off the request path."""
+    drain_delay_s: float = Field(0.0, ge=0.0)
+    """After SIGTERM: seconds to keep serving with readiness false before closing the listener."""
+    graceful_timeout_s: float = Field(30.0, gt=0.0)
+    """After the listener closes: the longest wait for in-flight requests to finish."""
+
+    @field_validator("model_repository")
+    @classmethod
+    def _repository_exists(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"model repository {str(value)!r} is not a directory")
+        return value
+
+    @field_validator("primary_model")
+    @classmethod
+    def _primary_name(cls, value: str | None) -> str | None:
+        return value or None
+
+    @model_validator(mode="after")
+    def _queue_holds_a_batch(self) -> Settings:
+        if self.max_queue_size < self.max_batch_size:
+            raise ValueError(f"max_queue_size ({self.max_queue_size}) must be >= max_batch_size ({self.max_batch_size})")
+        return self

@@ -1,0 +1,153 @@
+"""Service errors: one base class carrying an HTTP status and a stable code, and the one handler.
+
+Our routes answer ``{"error": {"code": ..., "message": ...}}``; the Open Inference Protocol routes
+(``/v2/...``) answer the protocol's ``{"error": message}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+
+class ServiceError(Exception):
+    """Base of every error the service answers deliberately. ``code`` is also the metric reason."""
+
+    status: int = 500
+    code: str = "internal"
+
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class InvalidArgument(ServiceError):
+    status, code = 422, "invalid_argument"
+
+
+class InvalidTensor(ServiceError):
+    """A malformed Open Inference Protocol request (the protocol answers 400)."""
+
+    status, code = 400, "invalid_tensor"
+
+
+class EmptyBody(ServiceError):
+    status, code = 422, "empty_body"
+
+
+class UnsupportedMediaType(ServiceError):
+    status, code = 415, "unsupported_media_type"
+
+
+class UndecodableImage(ServiceError):
+    """The bytes are not an image format we read."""
+
+    status, code = 415, "undecodable_image"
+
+
+class CorruptImage(ServiceError):
+    """A known format whose data is truncated or broken."""
+
+    status, code = 422, "corrupt_image"
+
+
+class BodyTooLarge(ServiceError):
+    status, code = 413, "body_too_large"
+
+
+class TooManyPixels(ServiceError):
+    status, code = 413, "too_many_pixels"
+
+
+class TooManyFiles(ServiceError):
+    status, code = 413, "too_many_files"
+
+
+class ModelNotFound(ServiceError):
+    status, code = 404, "model_not_found"
+
+
+class NoBaseline(ServiceError):
+    status, code = 409, "no_baseline"
+
+
+class QueueFull(ServiceError):
+    status, code = 503, "queue_full"
+
+
+class ShuttingDown(ServiceError):
+    status, code = 503, "shutting_down"
+
+
+class NotReady(ServiceError):
+    """Models are still loading and warming up."""
+
+    status, code = 503, "not_ready"
+
+
+class InferenceFailed(ServiceError):
+    status, code = 500, "inference_failed"
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "body_too_large"}
+
+
+def is_v2(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def error_body(path: str, code: str, message: str) -> bytes:
+    """The JSON body of an error answer on ``path``."""
+    if is_v2(path):
+        return orjson.dumps({"error": message})
+    return orjson.dumps({"error": {"code": code, "message": message}})
+
+
+def error_response(path: str, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(error_body(path, code, message), status_code=status, headers=headers, media_type="application/json")
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def install(app: FastAPI, on_reject: Callable[[Request, int, str], None]) -> None:
+    """Register the error handlers on ``app``; ``on_reject`` counts rejections."""
+
+    async def service_error(request: Request, exc: ServiceError) -> Response:
+        on_reject(request, exc.status, exc.code)
+        return error_response(request.url.path, exc.status, exc.code, exc.message, exc.headers)
+
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        status = 400 if is_v2(request.url.path) else 422
+        on_reject(request, status, "invalid_argument")
+        return error_response(request.url.path, status, "invalid_argument", _validation_message(exc))
+
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        message = str(exc.detail)
+        if exc.status_code == 404 and request.scope.get("route") is None:
+            message = f"no route {request.method} {request.url.path}; see /docs"
+        elif exc.status_code == 405:
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        on_reject(request, exc.status_code, code)
+        return error_response(request.url.path, exc.status_code, code, message, getattr(exc, "headers", None))
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        on_reject(request, 500, "internal")
+        return error_response(request.url.path, 500, "internal", "internal server error; see the server log")
+
+    app.add_exception_handler(ServiceError, service_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)

@@ -1,0 +1,183 @@
+"""Prometheus metrics: one registry per app, every name prefixed ``rbn_serve_``, labels from small fixed sets."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+log = logging.getLogger(__name__)
+
+PREFIX = "rbn_serve"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+SCORE_BUCKETS = (-2.0, -1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 25.0)
+NO_CORRUPTION = "none"
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx"
+
+
+class Metrics:
+    """Every metric of the service, registered in its own ``CollectorRegistry``."""
+
+    def __init__(self) -> None:
+        disable_created_metrics()  # no *_created series: they double the exposition and nobody graphs them
+        r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+
+        def name(n: str) -> str:
+            return f"{PREFIX}_{n}"
+
+        self.requests = Counter(name("requests"), "HTTP requests by route template, model and status class",
+                                ["route", "model", "status"], registry=r)
+        self.request_seconds = Histogram(name("request_duration_seconds"), "HTTP request latency, receipt to answer",
+                                         ["route", "model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.rejected = Counter(name("rejected_requests"), "Requests answered with an error, by route and reason",
+                                ["route", "reason"], registry=r)
+        self.queue_wait = Histogram(name("queue_wait_seconds"), "Time a request waited in the batch queue",
+                                    ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.inference_seconds = Histogram(name("inference_duration_seconds"), "ONNX Runtime time per batch",
+                                           ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram(name("batch_size"), "Images per executed batch", ["model"],
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.predictions = Counter(name("predictions"), "Predicted classes (top-1) per model", ["model", "label"], registry=r)
+        self.ood_score = Histogram(name("ood_score"), "OOD score of each predicted image", ["model"],
+                                   buckets=SCORE_BUCKETS, registry=r)
+        self.ood_flagged = Counter(name("ood_flagged"), "Images whose OOD score exceeded the model's threshold",
+                                   ["model"], registry=r)
+        self.ab = Counter(name("ab_comparisons"), "A/B images compared, by pair, corruption and agreement",
+                          ["model", "baseline", "corruption", "severity", "agree"], registry=r)
+        self.ab_labelled = Counter(name("ab_labelled"), "A/B images that came with a label", ["model", "corruption", "severity"],
+                                   registry=r)
+        self.ab_correct = Counter(name("ab_correct"), "A/B labelled images an arm got right (arm: rbn | baseline)",
+                                  ["model", "arm", "corruption", "severity"], registry=r)
+        self.shadow = Counter(name("shadow_comparisons"), "Shadow images run on the baseline, by agreement",
+                              ["model", "baseline", "agree"], registry=r)
+        self.shadow_dropped = Counter(name("shadow_dropped"), "Shadow runs skipped (baseline queue full or failed)",
+                                      ["model", "reason"], registry=r)
+        self.model_info = Gauge(name("model_info"), "Loaded models (value 1)",
+                                ["model", "version", "norm", "provider", "baseline"], registry=r)
+        self.bundle_errors = Gauge(name("bundle_errors"), "Bundles in the repository that are not served", registry=r)
+        self._request_children: dict[tuple[str, str, int], tuple] = {}
+        self._prediction_children: dict[tuple[str, str], tuple] = {}
+
+    # --- hot-path helpers (label children cached) ------------------------------------------
+    def observe_request(self, route: str, model: str, status: int, seconds: float) -> None:
+        key = (route, model, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (self.requests.labels(route, model, status_class(status)), self.request_seconds.labels(route, model))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def observe_prediction(self, model: str, label: str, score: float | None, flagged: bool) -> None:
+        key = (model, label)
+        children = self._prediction_children.get(key)
+        if children is None:
+            children = (self.predictions.labels(model, label), self.ood_score.labels(model), self.ood_flagged.labels(model))
+            self._prediction_children[key] = children
+        children[0].inc()
+        if score is not None:
+            children[1].observe(score)
+            if flagged:
+                children[2].inc()
+
+    def batch_observer(self, model: str) -> Callable[[int, float, list[float]], None]:
+        size, infer, wait = self.batch_size.labels(model), self.inference_seconds.labels(model), self.queue_wait.labels(model)
+
+        def observe(images: int, infer_s: float, waits: list[float]) -> None:
+            size.observe(images)
+            infer.observe(infer_s)
+            for w in waits:
+                wait.observe(w)
+
+        return observe
+
+    def expose(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def register_live(self, read: Callable[[], LiveState]) -> None:
+        self.registry.register(_LiveCollector(read))
+
+    def register_gpu(self) -> bool:
+        """GPU utilisation and memory through NVML; False (and no metrics) when NVML is unavailable."""
+        try:
+            collector = _GpuCollector()
+        except Exception as exc:  # nvidia-ml-py missing or no driver
+            log.warning("GPU metrics off: %s", exc)
+            return False
+        self.registry.register(collector)
+        return True
+
+
+class LiveState:
+    """Values read at scrape time, so the hot path pays nothing for them."""
+
+    def __init__(self, ready: bool, in_flight: int, queues: dict[str, tuple[int, int]]) -> None:
+        self.ready = ready
+        self.in_flight = in_flight
+        self.queues = queues  # model -> (images queued, batches running)
+
+
+class _LiveCollector:
+    def __init__(self, read: Callable[[], LiveState]) -> None:
+        self._read = read
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        state = self._read()
+        yield GaugeMetricFamily(f"{PREFIX}_ready", "1 when models are loaded and warm and the server is not draining",
+                                value=int(state.ready))
+        yield GaugeMetricFamily(f"{PREFIX}_requests_in_flight", "HTTP requests being handled", value=state.in_flight)
+        depth = GaugeMetricFamily(f"{PREFIX}_queue_depth", "Images waiting in the batch queue", labels=["model"])
+        running = GaugeMetricFamily(f"{PREFIX}_batches_in_flight", "Batches running in ONNX Runtime", labels=["model"])
+        for model, (queued, busy) in state.queues.items():
+            depth.add_metric([model], queued)
+            running.add_metric([model], busy)
+        yield depth
+        yield running
+
+
+class _GpuCollector:
+    def __init__(self) -> None:
+        import pynvml  # nvidia-ml-py, only with the gpu extra
+
+        pynvml.nvmlInit()
+        self._nvml = pynvml
+        self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        nvml = self._nvml
+        util = GaugeMetricFamily(f"{PREFIX}_gpu_utilization_ratio", "GPU busy fraction over the last sample period",
+                                 labels=["gpu"])
+        used = GaugeMetricFamily(f"{PREFIX}_gpu_memory_used_bytes", "GPU memory in use", labels=["gpu"])
+        total = GaugeMetricFamily(f"{PREFIX}_gpu_memory_total_bytes", "GPU memory size", labels=["gpu"])
+        for i, handle in enumerate(self._handles):
+            try:
+                rates = nvml.nvmlDeviceGetUtilizationRates(handle)
+                memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+            except nvml.NVMLError:
+                continue
+            util.add_metric([str(i)], rates.gpu / 100.0)
+            used.add_metric([str(i)], memory.used)
+            total.add_metric([str(i)], memory.total)
+        yield util
+        yield used
+        yield total

@@ -1,0 +1,185 @@
+"""Open Inference Protocol v2 (KServe / Triton REST) codec: metadata, infer request parsing and
+response encoding, including Triton's binary tensor data extension (what tritonclient sends by default).
+
+Knows nothing of HTTP routes; errors are ``InvalidTensor`` (400), the protocol's status for bad requests.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from importlib import metadata
+
+import numpy as np
+import orjson
+
+from rbn.bundle import LOGITS_NAME, STATS_NAME, BundleMeta
+from service.errors import BodyTooLarge, InvalidTensor
+
+DATATYPE = "FP32"
+PLATFORM = "onnxruntime_onnx"
+HEADER_LENGTH = "Inference-Header-Content-Length"
+EXTENSIONS = ["binary_tensor_data"]
+OUTPUTS = (LOGITS_NAME, STATS_NAME)
+
+
+def server_metadata() -> dict:
+    try:
+        version = metadata.version("rbn-serve")
+    except metadata.PackageNotFoundError:
+        version = "0.0.0"
+    return {"name": "rbn-serve", "version": version, "extensions": EXTENSIONS}
+
+
+def model_metadata(meta: BundleMeta) -> dict:
+    spec = meta.input
+    return {
+        "name": meta.name,
+        "versions": [str(meta.version)],
+        "platform": PLATFORM,
+        "inputs": [{"name": spec.name, "datatype": DATATYPE, "shape": [-1, spec.channels, spec.height, spec.width]}],
+        "outputs": [
+            {"name": LOGITS_NAME, "datatype": DATATYPE, "shape": [-1, len(meta.labels)]},
+            {"name": STATS_NAME, "datatype": DATATYPE, "shape": [-1, len(meta.stats_layers)]},
+        ],
+    }
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    x: np.ndarray  # float32 (N, C, H, W)
+    outputs: list[tuple[str, bool]]  # (output name, as binary data)
+    id: str | None = None
+
+
+def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """Undo Content-Encoding gzip/deflate (tritonclient's request compression), never beyond ``limit`` bytes."""
+    if not encoding or encoding == "identity":
+        return body
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding.strip().lower())
+    if wbits is None:
+        raise InvalidTensor(f"unsupported Content-Encoding {encoding!r}; use gzip or deflate")
+    inflater = zlib.decompressobj(wbits)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidTensor(f"cannot decompress the {encoding} body: {exc}") from None
+    if len(data) > limit or inflater.unconsumed_tail:
+        raise BodyTooLarge(f"decompressed request body exceeds the limit of {limit} bytes")
+    return data
+
+
+def parse_infer(body: bytes, header_length: str | None, meta: BundleMeta) -> InferRequest:
+    """Decode an infer request (JSON, or JSON header + binary tensors) for ``meta``'s input."""
+    head, tail = body, b""
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise InvalidTensor(f"{HEADER_LENGTH} {header_length!r} does not fit a body of {len(body)} bytes")
+        head, tail = body[: int(header_length)], body[int(header_length) :]
+    try:
+        request = orjson.loads(head)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidTensor(f"request is not valid JSON: {exc}") from None
+    if not isinstance(request, dict):
+        raise InvalidTensor("request must be a JSON object with 'inputs'")
+    request_id = request.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidTensor("'id' must be a string")
+    inputs = request.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise InvalidTensor(f"'inputs' must hold exactly one tensor, {meta.input.name!r}")
+    x, used = _input_tensor(inputs[0], tail, meta)
+    if used != len(tail):
+        raise InvalidTensor(f"{len(tail) - used} bytes of binary data are not claimed by any input")
+    params = request.get("parameters") or {}
+    binary = _flag(params, "binary_data_output")
+    return InferRequest(x, _requested_outputs(request.get("outputs"), binary), request_id)
+
+
+def _flag(params: object, key: str, default: bool = False) -> bool:
+    if not isinstance(params, dict):
+        raise InvalidTensor("'parameters' must be an object")
+    value = params.get(key, default)
+    if not isinstance(value, bool):
+        raise InvalidTensor(f"parameter {key!r} must be true or false")
+    return value
+
+
+def _input_tensor(tensor: dict, tail: bytes, meta: BundleMeta) -> tuple[np.ndarray, int]:
+    spec = meta.input
+    name = tensor.get("name")
+    if name != spec.name:
+        raise InvalidTensor(f"unknown input {name!r}; model {meta.name} takes {spec.name!r}")
+    if tensor.get("datatype") != DATATYPE:
+        raise InvalidTensor(f"input {name!r} has datatype {tensor.get('datatype')!r}; expected {DATATYPE}")
+    shape = tensor.get("shape")
+    expected = [spec.channels, spec.height, spec.width]
+    if (not isinstance(shape, list) or len(shape) != 4 or not all(type(d) is int for d in shape)
+            or shape[0] < 1 or shape[1:] != expected):
+        dims = ", ".join(map(str, expected))
+        raise InvalidTensor(f"input {name!r} has shape {shape}; expected [batch, {dims}] with batch >= 1")
+    count = shape[0] * spec.channels * spec.height * spec.width
+    params = tensor.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InvalidTensor("'parameters' must be an object")
+    used = 0
+    if "binary_data_size" in params:
+        size = params["binary_data_size"]
+        if type(size) is not int or size != count * 4 or size > len(tail):
+            raise InvalidTensor(f"input {name!r}: binary_data_size {size!r} must be {count * 4} bytes and present in the body")
+        x = np.frombuffer(tail, dtype="<f4", count=count).astype(np.float32)  # aligned, writable copy
+        used = size
+    else:
+        data = tensor.get("data")
+        if not isinstance(data, list):
+            raise InvalidTensor(f"input {name!r} has no 'data' list (nor binary_data_size)")
+        try:
+            x = np.asarray(data, dtype=np.float32)
+        except (ValueError, TypeError):
+            raise InvalidTensor(f"input {name!r}: 'data' must be numbers in a flat or shape-nested list") from None
+        if x.size != count:
+            raise InvalidTensor(f"input {name!r}: shape {shape} needs {count} values, 'data' holds {x.size}")
+    x = x.reshape(shape)
+    if not np.isfinite(x).all():
+        raise InvalidTensor(f"input {name!r} holds NaN or infinite values")
+    return x, used
+
+
+def _requested_outputs(outputs: object, binary_default: bool) -> list[tuple[str, bool]]:
+    if outputs is None:
+        return [(name, binary_default) for name in OUTPUTS]
+    if not isinstance(outputs, list) or not outputs:
+        raise InvalidTensor("'outputs' must be a non-empty list")
+    requested = []
+    for item in outputs:
+        name = item.get("name") if isinstance(item, dict) else None
+        if name not in OUTPUTS:
+            raise InvalidTensor(f"unknown output {name!r}; the model gives {', '.join(OUTPUTS)}")
+        params = item.get("parameters") or {}
+        if isinstance(params, dict) and "classification" in params:
+            raise InvalidTensor("the classification extension is not supported; request logits and take the top classes")
+        requested.append((name, _flag(params, "binary_data", binary_default)))
+    return requested
+
+
+def encode_infer(meta: BundleMeta, request: InferRequest, tensors: dict[str, np.ndarray]) -> tuple[bytes, dict[str, str], str]:
+    """The response body, extra headers and media type (JSON, or JSON header + binary tensors)."""
+    answer: dict = {"model_name": meta.name, "model_version": str(meta.version)}
+    if request.id is not None:
+        answer["id"] = request.id
+    outputs, chunks = [], []
+    for name, binary in request.outputs:
+        array = np.ascontiguousarray(tensors[name], dtype="<f4")
+        entry: dict = {"name": name, "datatype": DATATYPE, "shape": list(array.shape)}
+        if binary:
+            raw = array.tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = array.reshape(-1)
+        outputs.append(entry)
+    answer["outputs"] = outputs
+    head = orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return head, {}, "application/json"
+    return head + b"".join(chunks), {HEADER_LENGTH: str(len(head))}, "application/octet-stream"

@@ -1,0 +1,122 @@
+"""One ONNX Runtime session per model: providers, the graph/metadata check, warm-up, run."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+from rbn.bundle import LOGITS_NAME, STATS_NAME, BundleError, BundleMeta
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+class ProviderError(RuntimeError):
+    """The requested execution provider is not what the session runs on."""
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_threads() -> int:
+    """Leave one core to the HTTP event loop; tiny models gain nothing past 8 threads."""
+    return max(1, min(8, available_cpus() - 1))
+
+
+def provider_list(providers: str, cuda_device: int = 0) -> list:
+    """What to ask ONNX Runtime for under the ``providers`` setting (auto | cuda | cpu)."""
+    available = ort.get_available_providers()
+    cuda = (CUDA, {"device_id": cuda_device})
+    if providers == "cpu":
+        return [CPU]
+    if providers == "cuda":
+        if CUDA not in available:
+            raise ProviderError(
+                f"providers=cuda but this onnxruntime build offers {available}; install onnxruntime-gpu "
+                "with a matching CUDA, or set providers=cpu"
+            )
+        return [cuda, CPU]
+    return [cuda, CPU] if CUDA in available else [CPU]
+
+
+class ModelRuntime:
+    """An ONNX Runtime session for one bundle. ``run`` is thread-safe and blocks: call it off the event loop."""
+
+    def __init__(self, meta: BundleMeta, onnx_file: str | os.PathLike, providers: str = "auto",
+                 intra_op_threads: int = 0, cuda_device: int = 0) -> None:
+        self.meta = meta
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads = intra_op_threads or default_threads()
+        options.inter_op_num_threads = 1
+        # Idle ONNX Runtime threads must not spin on the cores the HTTP loop needs.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(onnx_file), options, providers=provider_list(providers, cuda_device))
+        except ProviderError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own unrelated exception types
+            raise BundleError(f"{meta.name}: ONNX Runtime cannot load the graph: {str(exc).splitlines()[0]}") from None
+        self.providers = self.session.get_providers()
+        if providers == "cuda" and CUDA not in self.providers:
+            raise ProviderError(f"{meta.name}: providers=cuda but the session runs on {self.providers}")
+        if providers == "auto" and CUDA in ort.get_available_providers() and CUDA not in self.providers:
+            log.warning("%s: CUDA is available but the session fell back to %s", meta.name, self.providers)
+        self.provider = "cuda" if self.providers[0] == CUDA else "cpu"
+        check_io(self.session, meta)
+        self.input_name = meta.input.name
+        self._outputs = [LOGITS_NAME, STATS_NAME]
+
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, C, H, W) float32 -> logits (N, K), stats (N, L)."""
+        logits, stats = self.session.run(self._outputs, {self.input_name: x})
+        return logits, stats
+
+    def warm_up(self, max_batch_size: int) -> float:
+        """Run every batch size 1..max_batch_size once (allocations, kernels, cuDNN searches); seconds taken."""
+        spec = self.meta.input
+        zeros = np.zeros((max_batch_size, spec.channels, spec.height, spec.width), np.float32)
+        start = time.perf_counter()
+        for n in range(1, max_batch_size + 1):
+            logits, stats = self.run(zeros[:n])
+            if logits.shape != (n, len(self.meta.labels)) or stats.shape != (n, len(self.meta.stats_layers)):
+                raise BundleError(f"{self.meta.name}: batch of {n} gave outputs {logits.shape} and {stats.shape}")
+        return time.perf_counter() - start
+
+
+def check_io(session: ort.InferenceSession, meta: BundleMeta) -> None:
+    """The graph takes [batch, C, H, W] and gives logits [batch, K] and rbn_stats [batch, L], as model.json says."""
+    spec = meta.input
+    expected = {
+        "input": {spec.name: [spec.channels, spec.height, spec.width]},
+        "output": {LOGITS_NAME: [len(meta.labels)], STATS_NAME: [len(meta.stats_layers)]},
+    }
+    actual = {
+        "input": {i.name: (i.shape, i.type) for i in session.get_inputs()},
+        "output": {o.name: (o.shape, o.type) for o in session.get_outputs()},
+    }
+    for kind in ("input", "output"):
+        if set(actual[kind]) != set(expected[kind]):
+            raise BundleError(
+                f"{meta.name}: graph {kind}s are {sorted(actual[kind])}, model.json expects {sorted(expected[kind])}"
+            )
+        for name, want in expected[kind].items():
+            shape, dtype = actual[kind][name]
+            if dtype != "tensor(float)":
+                raise BundleError(f"{meta.name}: {kind} {name!r} is {dtype}, expected tensor(float)")
+            batch_ok = len(shape) == len(want) + 1 and not (isinstance(shape[0], int) and shape[0] not in (0, -1))
+            if not batch_ok or list(shape[1:]) != want:
+                dims = ", ".join(map(str, want))
+                raise BundleError(f"{meta.name}: {kind} {name!r} has shape {shape}, expected [batch, {dims}]")

@@ -1,0 +1,77 @@
+"""Run the app under uvicorn with a graceful SIGTERM: readiness false, optional drain delay while
+still serving, then uvicorn stops accepting, finishes in-flight requests, and the lifespan drains
+the batch queues. Exits 0 after a graceful stop, 1 when model loading failed."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+import uvicorn
+
+from service.app import create_app
+from service.config import Settings
+from service.state import ServiceState, StartupError
+
+log = logging.getLogger(__name__)
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, state: ServiceState, drain_delay_s: float) -> None:
+        super().__init__(config)
+        self.state = state
+        self.drain_delay_s = drain_delay_s
+        self._draining = False
+        state.on_fatal = self._fatal
+        self.failed = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining:  # a second signal: stop waiting
+            if sig == signal.SIGINT or self.should_exit:
+                self.force_exit = True
+            return
+        self._draining = True
+        self.state.begin_drain()
+        log.info("signal %s: draining (delay %.1f s, then up to %.0f s for in-flight requests)",
+                 signal.Signals(sig).name, self.drain_delay_s, self.config.timeout_graceful_shutdown or 0)
+        if self.drain_delay_s > 0:
+            timer = threading.Timer(self.drain_delay_s, self._stop_accepting)
+            timer.daemon = True
+            timer.start()
+        else:
+            self._stop_accepting()
+
+    def _stop_accepting(self) -> None:
+        self.should_exit = True
+
+    def _fatal(self, message: str) -> None:
+        self.failed = True
+        self.should_exit = True
+
+
+def serve(settings: Settings) -> int:
+    """Serve until SIGTERM/SIGINT; returns the process exit code."""
+    app = create_app(settings)
+    try:
+        app.state.service.prepare()
+    except StartupError as exc:
+        log.critical("cannot start: %s", exc)
+        return 1
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=settings.graceful_timeout_s,
+        lifespan="on",
+        backlog=2048,
+        server_header=False,
+    )
+    server = DrainingServer(config, app.state.service, settings.drain_delay_s)
+    server.run()
+    if server.failed or not server.started:
+        return 1
+    return 0

@@ -1,0 +1,145 @@
+"""The service's state and life cycle: scan the repository, load and warm up off the event loop,
+readiness, drain on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
+
+from service.config import Settings
+from service.errors import ModelNotFound, NotReady
+from service.metrics import LiveState, Metrics
+from service.registry import LoadedModel, choose_primary, load_all
+from service.repository import scan
+from service.runtime import available_cpus, provider_list
+from service.shadow import Shadow
+
+log = logging.getLogger(__name__)
+
+Phase = Literal["loading", "ready", "draining", "failed"]
+
+
+class StartupError(RuntimeError):
+    """The service cannot serve at all (no valid bundle, missing primary model, provider absent)."""
+
+
+class ServiceState:
+    """Everything the routes share; one per app."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.models: dict[str, LoadedModel] = {}
+        self.primary: str | None = None
+        self.errors: dict[str, str] = {}  # bundle -> why it is not served
+        self.phase: Phase = "loading"
+        self.fatal: str | None = None
+        self.in_flight = 0
+        self.shadow = Shadow(settings.shadow_fraction, metrics)
+        self.decode_pool = ThreadPoolExecutor(max(1, min(4, available_cpus())), thread_name_prefix="decode")
+        self.on_fatal: Callable[[str], None] | None = None  # set by the server runner to exit the process
+        self._loader: asyncio.Task | None = None
+        self._bundles: list | None = None
+        metrics.register_live(self.live)
+
+    @property
+    def ready(self) -> bool:
+        return self.phase == "ready"
+
+    def live(self) -> LiveState:
+        queues = {name: (m.batcher.queued_images, m.batcher.running) for name, m in self.models.items()}
+        return LiveState(self.ready, self.in_flight, queues)
+
+    def model(self, name: str | None) -> LoadedModel:
+        """The named model, or the primary one; 404 for a name not served, 503 while loading."""
+        if not self.models:
+            if self.phase == "loading":
+                raise NotReady("models are still loading and warming up; retry shortly", headers={"Retry-After": "1"})
+            raise NotReady(f"no model is being served ({self.fatal or self.phase})")
+        key = name or self.primary
+        model = self.models.get(key)
+        if model is None:
+            raise ModelNotFound(f"model {name!r} is not served; available: {', '.join(sorted(self.models))}")
+        return model
+
+    # --- life cycle -----------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Fast checks that must fail the start (StartupError): provider present, a valid bundle, the primary model."""
+        if self._bundles is not None:
+            return
+        settings = self.settings
+        try:
+            provider_list(settings.providers, settings.cuda_device)
+        except RuntimeError as exc:
+            raise StartupError(str(exc)) from None
+        found = scan(settings.model_repository)
+        self.errors.update(found.errors)
+        if not found.bundles:
+            detail = "; ".join(found.errors.values()) or "it holds no <name>/model.json"
+            raise StartupError(f"no servable bundle in {settings.model_repository}: {detail}")
+        norms = {b.name: b.meta.norm for b in found.bundles}
+        if choose_primary(norms, settings.primary_model) is None:
+            raise StartupError(f"primary model {settings.primary_model!r} is not among the valid bundles {sorted(norms)}")
+        self.metrics.bundle_errors.set(len(self.errors))
+        self._bundles = found.bundles
+
+    async def start(self) -> None:
+        """``prepare``, then load and warm up in the background; readiness turns true when done."""
+        self.prepare()
+        self._loader = asyncio.get_running_loop().create_task(self._load(self._bundles), name="load-models")
+
+    async def _load(self, bundles) -> None:
+        try:
+            models = await asyncio.to_thread(load_all, bundles, self.settings, self.metrics, self.errors)
+            norms = {name: m.meta.norm for name, m in models.items()}
+            primary = choose_primary(norms, self.settings.primary_model)
+            if primary is None:
+                raise StartupError(f"no model could be loaded as primary; errors: {self.errors}")
+            for model in models.values():
+                model.batcher.start()
+                meta = model.meta
+                self.metrics.model_info.labels(meta.name, str(meta.version), meta.norm, model.runtime.provider,
+                                               meta.baseline or "").set(1)
+            if any(m.runtime.provider == "cuda" for m in models.values()):
+                self.metrics.register_gpu()
+            self.models, self.primary = models, primary
+            self.metrics.bundle_errors.set(len(self.errors))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._fail(f"loading models failed: {exc}")
+            return
+        if self.phase == "loading":
+            self.phase = "ready"
+            log.info("ready: serving %s (primary %s)", ", ".join(sorted(self.models)), self.primary)
+
+    def _fail(self, message: str) -> None:
+        self.phase = "failed"
+        self.fatal = message
+        log.critical(message)
+        if self.on_fatal is not None:
+            self.on_fatal(message)
+
+    async def wait_loaded(self) -> None:
+        if self._loader is not None:
+            await asyncio.gather(self._loader, return_exceptions=True)
+
+    def begin_drain(self) -> None:
+        """Readiness turns false; requests keep being served until the listener closes."""
+        if self.phase in ("loading", "ready"):
+            self.phase = "draining"
+            log.info("draining: readiness is false, finishing in-flight requests")
+
+    async def stop(self) -> None:
+        """After the HTTP server stopped taking requests: finish shadow work and queued batches, free threads."""
+        self.begin_drain()
+        if self._loader is not None and not self._loader.done():
+            self._loader.cancel()
+            await asyncio.gather(self._loader, return_exceptions=True)
+        await self.shadow.stop()
+        timeout = self.settings.graceful_timeout_s
+        await asyncio.gather(*(m.batcher.stop(timeout) for m in self.models.values() if m.batcher.started))
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)

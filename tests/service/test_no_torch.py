@@ -1,0 +1,31 @@
+"""The serving path never imports torch (nor onnx): the app is built, loaded and warmed up in a fresh interpreter."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from svc_support import ROOT
+
+SCRIPT = """
+import asyncio, sys
+from service.app import create_app
+from service.cli import main  # noqa: F401
+from service.config import Settings
+
+async def run():
+    app = create_app(Settings(model_repository=sys.argv[1], providers="cpu", max_batch_size=2))
+    async with app.router.lifespan_context(app):
+        await app.state.service.wait_loaded()
+        assert app.state.service.ready, app.state.service.fatal
+
+asyncio.run(run())
+print(sorted({m.split(".")[0] for m in sys.modules} & {"torch", "onnx", "torchvision"}))
+"""
+
+
+def test_service_never_imports_torch(bundle_repo):
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(bundle_repo)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"

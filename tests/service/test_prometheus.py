@@ -1,0 +1,79 @@
+"""A real Prometheus server scrapes /metrics; its query API returns the service's request and A/B series."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from svc_support import RBN, free_port
+
+PROMETHEUS = Path("/usr/bin/prometheus")
+
+
+@pytest.fixture
+def prometheus(server, tmp_path):
+    if not PROMETHEUS.exists():
+        pytest.skip("Debian's prometheus package is not installed")
+    target = server.url.removeprefix("http://")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+        f"scrape_configs:\n  - job_name: rbn-serve\n    static_configs:\n      - targets: ['{target}']\n"
+    )
+    port = free_port()
+    log = open(tmp_path / "prometheus.log", "wb")
+    proc = subprocess.Popen(
+        [str(PROMETHEUS), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(20)
+    log.close()
+
+
+def query(url: str, promql: str) -> list[dict]:
+    r = httpx.get(f"{url}/api/v1/query", params={"query": promql}, timeout=5)
+    r.raise_for_status()
+    body = r.json()
+    assert body["status"] == "success"
+    return body["data"]["result"]
+
+
+def wait_for(url: str, promql: str, timeout: float = 45) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            result = query(url, promql)
+            if result:
+                return result
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"Prometheus has no series for {promql!r} after {timeout} s")
+
+
+def test_prometheus_scrapes_service_series(client, prometheus, fmnist_samples):
+    _, data, label = fmnist_samples[0]
+    for _ in range(3):
+        assert client.post("/predict", content=data, headers={"Content-Type": "image/png"}).status_code == 200
+        r = client.post("/ab", content=data, headers={"Content-Type": "image/png"},
+                        params={"corruption": "fog", "severity": 2, "label": str(label)})
+        assert r.status_code == 200
+
+    up = wait_for(prometheus, 'up{job="rbn-serve"} == 1')
+    assert up[0]["metric"]["job"] == "rbn-serve"
+    requests = wait_for(prometheus, f'rbn_serve_requests_total{{route="/predict",model="{RBN}",status="2xx"}}')
+    assert float(requests[0]["value"][1]) >= 3
+    ab = wait_for(prometheus, f'sum by (corruption, severity) (rbn_serve_ab_comparisons_total{{model="{RBN}",corruption="fog"}})')
+    assert ab[0]["metric"] == {"corruption": "fog", "severity": "2"} and float(ab[0]["value"][1]) >= 3
+    correct = wait_for(prometheus, f'rbn_serve_ab_labelled_total{{model="{RBN}",corruption="fog"}}')
+    assert float(correct[0]["value"][1]) >= 3
+    p50 = 'histogram_quantile(0.5, sum by (le) (rate(rbn_serve_request_duration_seconds_bucket{route="/predict"}[1m])))'
+    latency = wait_for(prometheus, p50)
+    assert latency  # the histogram is queryable
+    assert wait_for(prometheus, f'rbn_serve_model_info{{model="{RBN}",provider="cpu"}}')

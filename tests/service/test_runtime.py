@@ -1,0 +1,57 @@
+"""ONNX Runtime sessions: providers, the graph checked against model.json, warm-up."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime
+import pytest
+from svc_support import BN, RBN
+
+from rbn.bundle import BundleError, read_meta
+from service.repository import Bundle, scan
+from service.runtime import ModelRuntime, ProviderError, default_threads, provider_list
+
+
+def test_session_runs_and_warms_up(bundle_repo):
+    meta = read_meta(bundle_repo / RBN)
+    runtime = ModelRuntime(meta, Bundle(meta, bundle_repo / RBN).onnx_file, "cpu")
+    assert runtime.provider == "cpu" and runtime.providers == ["CPUExecutionProvider"]
+    assert runtime.warm_up(4) > 0
+    logits, stats = runtime.run(np.zeros((3, 1, 28, 28), np.float32))
+    assert logits.shape == (3, 10) and stats.shape == (3, 21)
+    assert 1 <= default_threads() <= 8
+
+
+def test_metadata_that_disagrees_with_the_graph_is_refused(bundle_repo):
+    meta = read_meta(bundle_repo / RBN)
+    onnx_file = Bundle(meta, bundle_repo / RBN).onnx_file
+    wrong_labels = meta.model_copy(update={"labels": meta.labels + ["extra"]})
+    with pytest.raises(BundleError, match="logits"):
+        ModelRuntime(wrong_labels, onnx_file, "cpu")
+    wrong_input = meta.model_copy(update={"input": meta.input.model_copy(update={"height": 32})})
+    with pytest.raises(BundleError, match="input"):
+        ModelRuntime(wrong_input, onnx_file, "cpu")
+
+
+def test_unloadable_graph_is_a_bundle_error(bundle_repo, tmp_path):
+    meta = read_meta(bundle_repo / RBN)
+    junk = tmp_path / "model.onnx"
+    junk.write_bytes(b"not a graph")
+    with pytest.raises(BundleError, match="cannot load"):
+        ModelRuntime(meta, junk, "cpu")
+
+
+def test_provider_choice():
+    assert provider_list("cpu") == ["CPUExecutionProvider"]
+    auto = provider_list("auto")
+    assert auto[-1] == "CPUExecutionProvider"
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        assert auto == ["CPUExecutionProvider"]
+        with pytest.raises(ProviderError, match="providers=cuda"):
+            provider_list("cuda")
+
+
+def test_scan_reports_bad_bundles(served_repo):
+    found = scan(served_repo)
+    assert [b.name for b in found.bundles] == [BN, RBN]
+    assert list(found.errors) == ["test-broken"]

@@ -1,0 +1,66 @@
+"""Pure functions of the answers: softmax/top-k, the OOD block, A/B distances, corruption of batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rbn.bundle import BundleMeta
+from rbn.corruptions import corrupt
+from rbn.ood import calibrate, score
+from service.compare import corrupt_images, kl_divergence, l1_distance, verdict
+from service.ood import OodScorer
+from service.predictions import describe, softmax, top_k
+
+
+def meta(ood=None) -> BundleMeta:
+    return BundleMeta(name="m", architecture="a", norm="rbn", labels=["a", "b", "c"],
+                      input=dict(channels=1, height=8, width=8, mean=[0.0], std=[1.0]),
+                      stats_layers=["l1", "l2", "l3"], onnx_sha256="0" * 64, ood=ood)
+
+
+def test_scorer_matches_rbn_ood():
+    rng = np.random.default_rng(0)
+    for how in ("mean_z", "max_z", "rms_z"):
+        calibration = calibrate(rng.random((100, 3)), how)
+        scorer = OodScorer(meta(calibration))
+        stats = rng.random((5, 3)).astype(np.float32)
+        np.testing.assert_allclose(scorer.scores(stats), score(stats, calibration))
+        block = scorer.block(stats[0], scorer.scores(stats)[0])
+        assert block["flag"] == (block["score"] > calibration.threshold) and list(block["stats"]) == ["l1", "l2", "l3"]
+
+
+def test_uncalibrated_bundle_has_null_score():
+    scorer = OodScorer(meta())
+    assert scorer.scores(np.ones((2, 3))) is None
+    assert scorer.block(np.ones(3), None) == {"score": None, "flag": None, "threshold": None,
+                                              "stats": {"l1": 1.0, "l2": 1.0, "l3": 1.0}}
+
+
+def test_softmax_top_k_describe():
+    logits = np.array([[1000.0, 1001.0, 0.0], [0.0, 0.0, 0.0]], np.float32)
+    p = softmax(logits)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0)
+    assert top_k(p, 2).tolist() == [[1, 0], [0, 1]]  # ties keep the lower index first
+    answers = describe(p, np.zeros((2, 3), np.float32), ["a", "b", "c"], OodScorer(meta()), 5)
+    assert answers[0]["label"] == "b" and len(answers[0]["top_k"]) == 3
+
+
+def test_ab_distances_and_verdict():
+    p = np.array([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])
+    q = np.array([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0]])
+    np.testing.assert_allclose(l1_distance(p, q), [0.0, 2.0])
+    kl = kl_divergence(p, q)
+    assert kl[0] == pytest.approx(0.0, abs=1e-9) and kl[1] > 20  # near-disjoint supports: large but finite
+    assert [verdict(True, True), verdict(True, False), verdict(False, True), verdict(False, False)] == \
+        ["both", "rbn", "baseline", "neither"]
+
+
+def test_corrupt_images_matches_rbn_corruptions_per_image():
+    images = np.random.default_rng(0).integers(0, 256, (3, 1, 12, 12), dtype=np.uint8)
+    out = corrupt_images(images, "rotate", 4, seed=5)
+    for i in range(3):
+        np.testing.assert_array_equal(out[i, 0], corrupt(images[i, 0], "rotate", 4, 5, first_index=i))
+    rgb = np.repeat(images[:1], 3, axis=1)
+    shifted = corrupt_images(rgb, "rotate", 4, seed=5)
+    assert (shifted[0, 0] == shifted[0, 1]).all() and (shifted[0, 1] == shifted[0, 2]).all()  # same draw per channel
