@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 VENV=${RBN_VENV:-.venv}
-APT_PACKAGES=(dataset-fashion-mnist prometheus)
+APT_PACKAGES=(dataset-fashion-mnist prometheus haproxy wrk)
 
 install_debian_packages() {
   local missing=()
