@@ -33,7 +33,9 @@ def _export(args) -> None:
 def _bundle(args) -> None:
     from rbn.release import bundle_from_checkpoint
 
-    evaluation = json.loads(Path(args.evaluation).read_text()) if args.evaluation else None
+    from rbn.evaluate import summary
+
+    evaluation = summary(json.loads(Path(args.evaluation).read_text())) if args.evaluation else None
     path = bundle_from_checkpoint(args.checkpoint, args.repository, args.name, args.baseline, args.version, evaluation, args.data)
     print(f"wrote bundle {path}")
 
@@ -107,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", help="for an RBN model: its BN bundle's name")
     p.add_argument("--repository", default="models")
     p.add_argument("--version", type=int, default=1)
-    p.add_argument("--evaluation", help="JSON file with the evaluation summary to embed")
+    p.add_argument("--evaluation", help="`rbn evaluate` JSON whose headline numbers go into model.json")
     p.set_defaults(func=_bundle)
 
     p = sub.add_parser("evaluate", help="clean, corruption and OOD evaluation -> JSON per model")

@@ -158,3 +158,16 @@ def relative_corruption_error(model: dict, baseline: dict) -> dict[str, float]:
         out[family] = sum(1 - a for a in accs) / base_err if base_err > 0 else float("nan")
     out["mean"] = float(np.mean([v for k, v in out.items()]))
     return out
+
+
+def summary(doc: dict) -> dict:
+    """The headline numbers of one evaluation, for a bundle's model.json."""
+    families = list(doc["corruption_accuracy"])
+    return {
+        "clean_accuracy": round(doc["clean_accuracy"], 4),
+        "mean_corruption_accuracy": round(doc["mean_corruption_accuracy"], 4),
+        "far_ood_digits_auroc": round(doc["ood"]["far_ood_digits"]["auroc"], 4),
+        "mean_corruption_auroc": round(float(np.mean([doc["ood"][f]["auroc"] for f in families])), 4),
+        "test_set": "Fashion-MNIST test, 10k images; corruptions: first "
+        f"{doc['config']['corruption_samples']} images x {len(families)} families x 5 severities",
+    }
