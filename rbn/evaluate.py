@@ -92,6 +92,7 @@ class EvalResult:
     calibration: OodCalibration
     seconds: float
     score_samples: dict[str, list[float]] = field(default_factory=dict)  # for histograms
+    combine_sensitivity: dict[str, dict] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {
@@ -101,6 +102,7 @@ class EvalResult:
             "ood": self.ood,
             "calibration": self.calibration.model_dump(),
             "seconds": self.seconds,
+            "combine_sensitivity": self.combine_sensitivity,
         }
 
 
@@ -128,13 +130,16 @@ def evaluate(model: OnnxClassifier, config: EvalConfig, data_path: str | None = 
     corruption_accuracy: dict[str, list[float]] = {}
     ood: dict[str, dict] = {}
     samples: dict[str, list[float]] = {"clean": clean_scores[:2000].tolist()}
+    family_stats: dict[str, np.ndarray] = {}
     for family in config.families:
-        accs, family_scores = [], []
+        accs, family_scores, stats = [], [], []
         for severity in config.severities:
             pred = model.predict(corrupt(images, family, severity, seed=config.seed))
             accs.append(float((pred.labels == labels).mean()))
             family_scores.append(score(pred.stats, calibration))
+            stats.append(pred.stats)
         corruption_accuracy[family] = accs
+        family_stats[family] = np.concatenate(stats)
         pooled = np.concatenate(family_scores)
         ood[family] = detection(in_scores, pooled, calibration.threshold)
         ood[family]["per_severity_auroc"] = [auroc(in_scores, s) for s in family_scores]
@@ -147,7 +152,25 @@ def evaluate(model: OnnxClassifier, config: EvalConfig, data_path: str | None = 
     samples["far_ood_digits"] = digit_scores.tolist()
     progress(f"far-OOD digits AUROC {ood['far_ood_digits']['auroc']:.3f}")
     mean_corruption = float(np.mean([a for accs in corruption_accuracy.values() for a in accs]))
-    return EvalResult(clean_accuracy, corruption_accuracy, mean_corruption, ood, calibration, time.monotonic() - started, samples)
+    sensitivity = combine_sensitivity(calibration, clean.stats, family_stats, digits.stats, config.corruption_samples)
+    return EvalResult(clean_accuracy, corruption_accuracy, mean_corruption, ood, calibration, time.monotonic() - started, samples, sensitivity)
+
+
+def combine_sensitivity(calibration: OodCalibration, clean: np.ndarray, families: dict[str, np.ndarray], far: np.ndarray, n: int) -> dict:
+    """AUROCs under every way of combining the layers, with the same per-layer standardisation.
+
+    Reported beside the pre-registered choice (calibration.combine) to show how much the choice
+    matters; it is not used to pick one, which would tune on the OOD test data.
+    """
+    out = {}
+    for how in ("mean_z", "max_z", "rms_z"):
+        cal = calibration.model_copy(update={"combine": how})
+        clean_scores = score(clean, cal)
+        out[how] = {
+            "far_ood_digits_auroc": auroc(clean_scores, score(far, cal)),
+            "mean_corruption_auroc": float(np.mean([auroc(clean_scores[:n], score(s, cal)) for s in families.values()])),
+        }
+    return out
 
 
 def relative_corruption_error(model: dict, baseline: dict) -> dict[str, float]:

@@ -58,6 +58,16 @@ def markdown(by_arm: dict[str, list[dict]]) -> str:
     row("far-OOD digits AUROC", lambda d: d["ood"]["far_ood_digits"]["auroc"], 1.0)
     row("far-OOD digits FPR at 95% TPR", lambda d: d["ood"]["far_ood_digits"]["fpr_at_95_tpr"], 1.0)
     row("mean corruption AUROC", lambda d: np.mean([d["ood"][f]["auroc"] for f in families]), 1.0)
+    if all("combine_sensitivity" in d for a in arms for d in by_arm[a]):
+        lines += ["", "How the layers are combined into one score (pre-registered: rms_z; the others for comparison only):", ""]
+        lines.append("| combination | " + " | ".join(f"{a.upper()} far-OOD AUROC | {a.upper()} mean corruption AUROC" for a in arms) + " |")
+        lines.append("|---" * (2 * len(arms) + 1) + "|")
+        for how in ("rms_z", "mean_z", "max_z"):
+            cells = []
+            for a in arms:
+                cells.append(_ms([d["combine_sensitivity"][how]["far_ood_digits_auroc"] for d in by_arm[a]], 1.0, 3))
+                cells.append(_ms([d["combine_sensitivity"][how]["mean_corruption_auroc"] for d in by_arm[a]], 1.0, 3))
+            lines.append(f"| {how} | " + " | ".join(cells) + " |")
     lines += ["", "Per corruption family (accuracy % averaged over severities 1-5; OOD AUROC with severities pooled):", ""]
     lines.append("| family | " + " | ".join(f"{a.upper()} acc" for a in arms) + " | " + " | ".join(f"{a.upper()} AUROC" for a in arms) + " |")
     lines.append("|---" * (2 * len(arms) + 1) + "|")

@@ -1,0 +1,41 @@
+"""The shipped bundles validate and reach their stated clean accuracy on the real test set."""
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from rbn import data
+from rbn.bundle import discover, onnx_path, validate_bundle
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+SHIPPED = ("fmnist-resnet20-rbn", "fmnist-resnet20-bn")
+TARGET_CLEAN_ACCURACY = 0.935
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_bundle_validates_and_is_paired(name):
+    meta = validate_bundle(MODELS / name)
+    assert meta.ood is not None and meta.provenance is not None and meta.evaluation is not None
+    if meta.norm == "rbn":
+        assert meta.baseline in SHIPPED and validate_bundle(MODELS / meta.baseline).norm == "bn"
+
+
+def test_repository_holds_only_valid_bundles():
+    assert {p.name for p in discover(MODELS)} >= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_clean_accuracy_on_the_real_test_set(name):
+    try:
+        test = data.load_split("test")
+    except data.DatasetError:
+        pytest.skip(f"{data.DEBIAN_PACKAGE} not installed")
+    meta = validate_bundle(MODELS / name, check_graph=False)
+    session = ort.InferenceSession(str(onnx_path(MODELS / name, meta.version)), providers=["CPUExecutionProvider"])
+    x = data.normalize(test.images)
+    predicted = np.concatenate([session.run(["logits"], {"input": x[i : i + 500]})[0].argmax(1) for i in range(0, len(x), 500)])
+    accuracy = float((predicted == test.labels).mean())
+    assert accuracy >= TARGET_CLEAN_ACCURACY
+    assert accuracy == pytest.approx(meta.evaluation["clean_accuracy"], abs=5e-4)
