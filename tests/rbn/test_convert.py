@@ -2,20 +2,11 @@ import torch
 
 from rbn.convert import convert_bn_to_rbn
 from rbn.layer import RepresentativeBatchNorm2d
-from rbn.resnet import resnet20
+from random_weights import random_resnet20
 
 
 def trained_looking_bn_resnet():
-    torch.manual_seed(0)
-    model = resnet20("bn")
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    return model.eval()
+    return random_resnet20("bn")
 
 
 def test_conversion_keeps_eval_outputs_and_reports_every_layer():

@@ -10,24 +10,11 @@ import pytest
 import torch
 
 from rbn.export import export_onnx, inference_model, stats_layers
-from rbn.resnet import resnet20
+from random_weights import random_resnet20
 
 
 def randomized(norm: str, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = resnet20(norm)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                if hasattr(m, "center_weight"):
-                    m.center_weight.uniform_(-0.5, 0.5)
-                    m.scale_weight.uniform_(-1, 1)
-                    m.scale_bias.uniform_(-1, 1)
-    return model.eval()
+    return random_resnet20(norm, seed)
 
 
 @pytest.fixture(scope="module", params=["rbn", "bn"])
