@@ -1,11 +1,12 @@
 """Shared pieces of the benchmark scripts: the machine and versions block, the command line,
-server subprocesses that cannot outlive the benchmark, and pausing a background job.
+server subprocesses that cannot outlive the benchmark (on bench/procs.py), and pausing a background job.
 
 Standard library only (plus numpy), so every script, the GPU one included, can import it.
 """
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import importlib.metadata
 import json
@@ -13,18 +14,18 @@ import os
 import platform
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from bench import procs
+from bench.procs import free_port  # noqa: F401 - the scripts import it from here
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_PNG = ROOT / "samples" / "fashion-mnist" / "0_ankle-boot.png"
@@ -118,6 +119,14 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
+def parse_ints(text: str, what: str = "expected positive integers") -> list[int]:
+    """An argparse ``type``: comma-separated positive integers ("1,4,16")."""
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{what}: {text!r}")
+    return values
+
+
 @dataclass(frozen=True)
 class Point:
     """One timed configuration: images per second and per-call latency."""
@@ -165,56 +174,22 @@ def bounded_run(args: Sequence[str], timeout: float, env: dict | None = None, cw
                           preexec_fn=_die_with_parent)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def http(method: str, url: str, body: bytes | None = None, content_type: str | None = None,
          timeout: float = 10.0) -> tuple[int, bytes]:
     """One request through the standard library; (status, body); status 0 when nothing answers."""
     headers = {"Content-Type": content_type} if content_type else {}
-    request = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return procs.http(method, url, body, headers, timeout)
+    except OSError:  # URLError, ConnectionError, TimeoutError
         return 0, b""
 
 
-class ServerProcess:
+class ServerProcess(procs.ServerProcess):
     """A server on 127.0.0.1:<ephemeral port>, logging to a file, killed when stopped or when we die."""
 
     def __init__(self, name: str, args: Sequence[str], port: int, log_path: Path, env: dict | None = None) -> None:
-        self.name = name
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = Path(log_path)
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(list(args), cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log_tail(self, lines: int = 30) -> str:
-        self._log.flush()
-        text = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:])
-
-    def wait_until(self, ready: Callable[[], bool], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with code {self.proc.returncode}:\n{self.log_tail()}")
-            if ready():
-                return
-            time.sleep(0.2)
-        raise TimeoutError(f"{self.name} not ready after {timeout:.0f} s:\n{self.log_tail()}")
+        super().__init__(args, port, log_path, name=name, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                         preexec_fn=_die_with_parent)
 
     def rss_mb(self) -> float:
         """Resident memory (VmRSS from /proc/<pid>/status, in kB = KiB), in MB (10^6 bytes)."""
@@ -222,16 +197,6 @@ class ServerProcess:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024 / 1e6
         raise RuntimeError(f"no VmRSS for pid {self.pid}")
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
 
 
 def python_env(extra: dict | None = None) -> dict:

@@ -53,6 +53,7 @@ from bench.common import (  # noqa: E402
     free_port,
     header,
     http,
+    parse_ints,
     progress,
     python_env,
     time_calls,
@@ -543,13 +544,6 @@ def preflight(device: int) -> int:
 
 
 # --- main --------------------------------------------------------------------------------------
-def parse_ints(text: str) -> list[int]:
-    values = [int(v) for v in text.split(",") if v.strip()]
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers: {text!r}")
-    return values
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--providers", choices=["cuda", "cpu"], default="cuda")

@@ -18,7 +18,16 @@ import numpy as np
 
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import Paused, Point, emit, exit_on_sigterm, header, progress, time_calls  # noqa: E402
+from bench.common import (  # noqa: E402
+    Paused,
+    Point,
+    emit,
+    exit_on_sigterm,
+    header,
+    parse_ints,
+    progress,
+    time_calls,
+)
 from service.config import Settings  # noqa: E402
 from service.repository import scan  # noqa: E402
 from service.runtime import ModelRuntime, default_threads  # noqa: E402
@@ -92,10 +101,7 @@ def markdown_table(results: dict[str, list[Point]]) -> list[str]:
 
 
 def parse_batches(text: str) -> list[int]:
-    batches = [int(b) for b in text.split(",") if b.strip()]
-    if not batches or min(batches) < 1:
-        raise argparse.ArgumentTypeError(f"batch sizes must be positive integers: {text!r}")
-    return batches
+    return parse_ints(text, "batch sizes must be positive integers")
 
 
 def main(argv: list[str] | None = None) -> int:

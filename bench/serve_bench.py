@@ -40,6 +40,7 @@ from bench.common import (  # noqa: E402
     free_port,
     header,
     http,
+    parse_ints,
     progress,
     python_env,
 )
@@ -216,13 +217,6 @@ def target_lines(rows: list[Row], limit: dict[str, list[Point]], model: str, rss
 
 
 # --- main --------------------------------------------------------------------------------------
-def parse_ints(text: str) -> list[int]:
-    values = [int(v) for v in text.split(",") if v.strip()]
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers: {text!r}")
-    return values
-
-
 def build_parser() -> argparse.ArgumentParser:
     defaults = Settings.model_fields
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -1,10 +1,6 @@
--- wrk script: like wrk_post.lua, but each thread stops after MAX_REQUESTS responses
--- (bench/serve_bench.py's memory check runs it with -t1, so that is the total).
-local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
-wrk.body = f:read("*a")
-f:close()
-wrk.method = "POST"
-wrk.headers["Content-Type"] = os.getenv("CONTENT_TYPE") or "image/png"
+-- wrk script: wrk_post.lua (loaded from beside this file), but each thread stops after MAX_REQUESTS
+-- responses (bench/serve_bench.py's memory check runs it with -t1, so that is the total).
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "") .. "wrk_post.lua")
 
 local limit = tonumber(os.getenv("MAX_REQUESTS") or "0")
 local count = 0
@@ -14,13 +10,4 @@ response = function(status, headers, body)
   if limit > 0 and count >= limit then
     wrk.thread:stop()
   end
-end
-
-done = function(summary, latency, requests)
-  local errors = summary.errors.status + summary.errors.connect + summary.errors.read
-               + summary.errors.write + summary.errors.timeout
-  io.write(string.format(
-    'WRK_JSON {"requests": %d, "duration_us": %d, "errors": %d, "non_2xx": %d, "p50_us": %d, "p95_us": %d, "p99_us": %d}\n',
-    summary.requests, summary.duration, errors, summary.errors.status,
-    latency:percentile(50), latency:percentile(95), latency:percentile(99)))
 end

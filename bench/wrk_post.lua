@@ -1,4 +1,5 @@
 -- wrk script: POST the file named by BODY_FILE as the raw body; print percentiles as JSON.
+-- (wrk_count.lua loads this file and adds a request limit.)
 local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
 wrk.body = f:read("*a")
 f:close()

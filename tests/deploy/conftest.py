@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from deploy_support import ROOT, repository_has_bundles, write_test_bundles
+from deploy_support import ROOT, repository_has_bundles
+
+from tests.bundles import write_test_bundles
 
 
 @pytest.fixture(scope="session")
@@ -15,5 +17,5 @@ def source_repository(tmp_path_factory) -> Path:
     if repository_has_bundles(ROOT / "models"):
         return ROOT / "models"
     repo = tmp_path_factory.mktemp("bundles")
-    write_test_bundles(repo)
+    write_test_bundles(repo, prefix="deploy")
     return repo

@@ -8,17 +8,14 @@ import os
 import re
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from bench.procs import ServerProcess, free_port, http  # noqa: F401 - the tests import them from here
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -192,32 +189,6 @@ def repository_has_bundles(path: Path) -> bool:
     return any(path.glob("*/model.json"))
 
 
-def write_test_bundles(out: Path) -> list[str]:
-    """A random-weight RBN bundle and its BN baseline (what tests use until trained bundles ship)."""
-    import torch
-
-    from rbn.bundle import write_bundle
-    from rbn.data import LABELS, MEAN, STD
-    from rbn.export import export_onnx, inference_model, stats_layers
-    from rbn.ood import calibrate
-    from rbn.resnet import resnet20
-
-    names = []
-    for norm in ("bn", "rbn"):
-        torch.manual_seed(0)
-        model = resnet20(norm).eval()
-        with torch.no_grad():
-            _, stats = inference_model(model)(torch.randn(256, 1, 28, 28))
-        name = f"deploy-resnet20-{norm}"
-        write_bundle(out, {
-            "name": name, "architecture": "resnet20", "norm": norm, "baseline": "deploy-resnet20-bn" if norm == "rbn" else None,
-            "labels": list(LABELS), "input": {"channels": 1, "height": 28, "width": 28, "mean": [MEAN], "std": [STD]},
-            "stats_layers": stats_layers(model, (1, 28, 28)), "ood": calibrate(stats.numpy()).model_dump(),
-        }, export_onnx(model))
-        names.append(name)
-    return names
-
-
 def sample_images(limit: int = 12) -> list[tuple[str, bytes, int]]:
     """(file name, PNG bytes, label index) from samples/fashion-mnist."""
     folder = SAMPLES / "fashion-mnist"
@@ -226,22 +197,6 @@ def sample_images(limit: int = 12) -> list[tuple[str, bytes, int]]:
 
 
 # --- a real server -------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None,
-         timeout: float = 30) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
 def multipart(files: list[tuple[str, bytes]], field_name: str = "file") -> tuple[bytes, str]:
     boundary = "deploytestboundary7d3f"
     chunks = []
@@ -252,44 +207,21 @@ def multipart(files: list[tuple[str, bytes]], field_name: str = "file") -> tuple
     return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
 
 
-class Server:
-    """A subprocess running ``argv`` with exactly ``env``; stdout/stderr to ``log``."""
+class Server(ServerProcess):
+    """A subprocess running ``argv`` with exactly ``env`` (as ``user``/``group`` when given); stdout/stderr
+    to ``log``. ``stop`` fails the test if SIGTERM does not end it."""
+
+    stop_timeout = 60.0
+    quote_lines = 100
 
     def __init__(self, argv: list[str], env: dict[str, str], port: int, log: Path, cwd: Path,
                  user: int | None = None, group: int | None = None) -> None:
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = log
-        self._log = open(log, "wb")  # noqa: SIM115 - open for the process's lifetime
-        self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     user=user, group=group, extra_groups=[] if user is not None else None)
+        super().__init__(argv, port, log, cwd=cwd, env=env, user=user, group=group,
+                         extra_groups=[] if user is not None else None)
 
-    def wait_ready(self, timeout: float = 120.0) -> Server:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if http("GET", self.url + "/readyz", timeout=2)[0] == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"/readyz not 200 after {timeout} s:\n{self.log()}")
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")[-6000:]
-
-    def stop(self, timeout: float = 60.0) -> int:
-        """SIGTERM (the image's STOPSIGNAL), then the exit code; SIGKILL only if it hangs."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                self._log.close()
-                raise AssertionError(f"no exit {timeout} s after SIGTERM:\n{self.log()}") from None
-        self._log.close()
-        return self.proc.returncode
+    def stop(self, timeout: float | None = None) -> int:
+        """SIGTERM (the image's STOPSIGNAL), then the exit code; an AssertionError if it had to be killed."""
+        code = super().stop(timeout)
+        if self.killed:
+            raise AssertionError(f"no exit {timeout or self.stop_timeout} s after SIGTERM:\n{self.log_tail(self.quote_lines)}")
+        return code

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from svc_support import BN, BROKEN, MAX_BODY, MAX_FILES, MAX_PIXELS, RBN, SAMPLES, encode, start_server, write_test_bundles
+from svc_support import BN, BROKEN, MAX_BODY, MAX_FILES, MAX_PIXELS, RBN, SAMPLES, encode, start_server
+
+from tests.bundles import write_test_bundles
 
 
 @pytest.fixture(scope="session")

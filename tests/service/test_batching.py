@@ -45,13 +45,21 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def busy_batcher(first: np.ndarray, **limits) -> tuple[Gate, Batcher, asyncio.Future]:
+    """A started batcher on a closed Gate, its runner already busy with the request ``first``."""
+    gate = Gate()
+    batcher = Batcher("m", gate, **limits)
+    batcher.start()
+    running = asyncio.ensure_future(batcher.submit(first))
+    await asyncio.to_thread(gate.entered.wait, 5)
+    return gate, batcher, running
+
+
 def test_lone_request_runs_at_once_and_later_ones_coalesce():
     async def main():
-        gate = Gate()
-        batcher = Batcher("m", gate, max_batch_size=8, max_queue_delay_s=60.0, max_queue_size=64)
-        batcher.start()
-        first = asyncio.ensure_future(batcher.submit(np.ones((1, 2, 2), np.float32)))
-        await asyncio.to_thread(gate.entered.wait, 5)  # dispatched without waiting the 60 s delay
+        # dispatched without waiting the 60 s delay
+        gate, batcher, first = await busy_batcher(np.ones((1, 2, 2), np.float32), max_batch_size=8,
+                                                  max_queue_delay_s=60.0, max_queue_size=64)
         assert gate.sizes == [1]
         rest = [asyncio.ensure_future(batcher.submit(np.full((n, 2, 2), n, np.float32))) for n in (2, 3, 1, 4)]
         await asyncio.sleep(0.05)
@@ -72,11 +80,8 @@ def test_lone_request_runs_at_once_and_later_ones_coalesce():
 
 def test_queue_full_is_refused_at_once_with_retry_after():
     async def main():
-        gate = Gate()
-        batcher = Batcher("m", gate, max_batch_size=2, max_queue_delay_s=0.0, max_queue_size=2, retry_after_s=3)
-        batcher.start()
-        running = asyncio.ensure_future(batcher.submit(np.zeros((2, 1, 1), np.float32)))
-        await asyncio.to_thread(gate.entered.wait, 5)
+        gate, batcher, running = await busy_batcher(np.zeros((2, 1, 1), np.float32), max_batch_size=2,
+                                                    max_queue_delay_s=0.0, max_queue_size=2, retry_after_s=3)
         waiting = asyncio.ensure_future(batcher.submit(np.zeros((2, 1, 1), np.float32)))  # taken, waits for the slot
         await asyncio.sleep(0.01)
         queued = asyncio.ensure_future(batcher.submit(np.zeros((2, 1, 1), np.float32)))  # fills the queue
@@ -112,11 +117,8 @@ def test_errors_reach_every_request_of_the_batch():
 
 def test_cancelled_request_is_skipped_and_stop_drains():
     async def main():
-        gate = Gate()
-        batcher = Batcher("m", gate, max_batch_size=4, max_queue_delay_s=0.0, max_queue_size=16)
-        batcher.start()
-        first = asyncio.ensure_future(batcher.submit(np.zeros((1, 1, 1), np.float32)))
-        await asyncio.to_thread(gate.entered.wait, 5)
+        gate, batcher, first = await busy_batcher(np.zeros((1, 1, 1), np.float32), max_batch_size=4,
+                                                  max_queue_delay_s=0.0, max_queue_size=16)
         gone = asyncio.ensure_future(batcher.submit(np.zeros((3, 1, 1), np.float32)))
         kept = asyncio.ensure_future(batcher.submit(np.zeros((2, 1, 1), np.float32)))
         await asyncio.sleep(0.01)
@@ -135,11 +137,9 @@ def test_cancelled_request_is_skipped_and_stop_drains():
 
 def test_delay_applies_only_with_a_free_slot_while_another_runs():
     async def main():
-        gate = Gate()
-        batcher = Batcher("m", gate, max_batch_size=8, max_queue_delay_s=1.0, max_queue_size=16, instances=2)
-        batcher.start()
-        first = asyncio.ensure_future(batcher.submit(np.zeros((1, 1, 1), np.float32)))
-        await asyncio.to_thread(gate.entered.wait, 5)  # idle runtime: no delay
+        # idle runtime: no delay
+        gate, batcher, first = await busy_batcher(np.zeros((1, 1, 1), np.float32), max_batch_size=8,
+                                                  max_queue_delay_s=1.0, max_queue_size=16, instances=2)
         gate.entered.clear()
         second = asyncio.ensure_future(batcher.submit(np.zeros((1, 1, 1), np.float32)))
         await asyncio.sleep(0.05)

@@ -1,0 +1,112 @@
+"""A server in a subprocess on an ephemeral loopback port: the port, one HTTP request, the process.
+
+Shared by the benchmark scripts (through bench/common.py) and the test helpers (tests/service,
+tests/deploy). Standard library only, so that every script, the GPU one included, can import it.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None,
+         timeout: float = 30.0) -> tuple[int, bytes]:
+    """One request through the standard library: (status, body), error statuses included.
+
+    Raises ``OSError`` (``urllib.error.URLError``, ``TimeoutError``, ...) when nothing answers.
+    """
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+class ServerProcess:
+    """``args`` in a subprocess serving on 127.0.0.1:``port``, stdout and stderr to ``log_path``.
+
+    ``popen`` goes to ``subprocess.Popen`` as it is (``user=``, ``preexec_fn=``, ...). The class
+    attributes are the defaults a subclass may change.
+    """
+
+    ready_timeout: float = 120.0  # seconds wait_ready waits for GET /readyz to answer 200
+    poll_interval: float = 0.2  # seconds between two readiness checks
+    stop_timeout: float = 20.0  # seconds stop waits after SIGTERM before SIGKILL
+    quote_lines: int | None = 30  # how many of the log's last lines an error message quotes (None: all)
+
+    def __init__(self, args: Sequence[str], port: int, log_path: Path, *, name: str = "server",
+                 cwd: Path | None = None, env: dict | None = None, **popen) -> None:
+        self.name = name
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = Path(log_path)
+        self.killed = False  # stop had to SIGKILL it
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - open for the process's lifetime
+        self.proc = subprocess.Popen(list(args), cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT, **popen)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        """All the process has written so far (also after it was stopped)."""
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int | None = 30) -> str:
+        """The last ``lines`` lines of the log (None: all of it)."""
+        text = self.log()
+        return text if lines is None else "\n".join(text.splitlines()[-lines:])
+
+    def wait_until(self, ready: Callable[[], bool], timeout: float) -> ServerProcess:
+        """Poll ``ready()`` until it is true; ``RuntimeError`` if the process exits first, ``TimeoutError``
+        after ``timeout`` seconds (both quoting the log)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                code = self.proc.returncode
+                raise RuntimeError(f"{self.name} exited with code {code}:\n{self.log_tail(self.quote_lines)}")
+            if ready():
+                return self
+            time.sleep(self.poll_interval)
+        raise TimeoutError(f"{self.name} not ready after {timeout:.0f} s:\n{self.log_tail(self.quote_lines)}")
+
+    def wait_ready(self, timeout: float | None = None) -> ServerProcess:
+        """Wait until GET /readyz answers 200 (``ready_timeout`` seconds by default)."""
+        return self.wait_until(self._readyz, timeout or self.ready_timeout)
+
+    def _readyz(self) -> bool:
+        try:
+            return http("GET", self.url + "/readyz", timeout=2)[0] == 200
+        except OSError:
+            return False
+
+    def stop(self, timeout: float | None = None) -> int:
+        """SIGTERM, then the exit code; SIGKILL (and ``killed``) if it has not exited after ``timeout``
+        seconds (``stop_timeout`` by default)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout or self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.killed = True
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode
