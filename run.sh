@@ -29,16 +29,20 @@ install_python() {
   "$VENV/bin/python" -m pip install -q -e ".[$extras]"
 }
 
+install_everything() {
+  install_debian_packages
+  install_python "train,dev"
+}
+
 cmd=${1:-}
 shift || true
 case "$cmd" in
   serve)
-    install_python "dev"
+    install_everything
     exec "$VENV/bin/rbn-serve" serve "$@"
     ;;
   test)
-    install_debian_packages
-    install_python "train,dev"
+    install_everything
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
   *)
