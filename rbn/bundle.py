@@ -207,7 +207,7 @@ def validate_bundle(bundle_dir: Path, check_graph: bool = True) -> BundleMeta:
     if not (bundle_dir / CONFIG_PBTXT).is_file():
         raise BundleError(f"{meta.name}: missing {CONFIG_PBTXT}")
     if (bundle_dir / CONFIG_PBTXT).read_text() != triton_config(meta):
-        raise BundleError(f"{meta.name}: {CONFIG_PBTXT} does not match model.json (regenerate it with `rbn bundle-config`)")
+        raise BundleError(f"{meta.name}: {CONFIG_PBTXT} does not match model.json (rewrite the bundle with `rbn bundle`)")
     if check_graph:
         _check_graph(meta, model_file)
     return meta

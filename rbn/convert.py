@@ -8,6 +8,12 @@ from torch import nn
 from rbn.layer import RepresentativeBatchNorm2d
 
 
+def _first_tensor(module: nn.Module) -> torch.Tensor:
+    """Any parameter or floating buffer: where and in what dtype the layer lives."""
+    tensors = [*module.parameters(), *(b for b in module.buffers() if b.is_floating_point())]
+    return tensors[0] if tensors else torch.empty(0)
+
+
 def bn_to_rbn(bn: nn.BatchNorm2d) -> RepresentativeBatchNorm2d:
     """An RBN whose eval output equals ``bn``'s.
 
@@ -20,8 +26,8 @@ def bn_to_rbn(bn: nn.BatchNorm2d) -> RepresentativeBatchNorm2d:
         momentum=bn.momentum,
         affine=bn.affine,
         track_running_stats=bn.track_running_stats,
-        device=bn.running_mean.device if bn.running_mean is not None else None,
-        dtype=bn.running_mean.dtype if bn.running_mean is not None else None,
+        device=_first_tensor(bn).device,
+        dtype=_first_tensor(bn).dtype,
     )
     with torch.no_grad():
         if bn.track_running_stats:

@@ -8,6 +8,7 @@ so batching never mixes samples.
 
 from __future__ import annotations
 
+import copy
 import io
 import warnings
 from pathlib import Path
@@ -35,12 +36,42 @@ class WithStats(nn.Module):
         return logits, recorder.stacked()
 
 
-def inference_model(model: nn.Module, folded: bool = True) -> WithStats:
-    """The eval-mode module that export_onnx traces (useful to compare against ONNX Runtime)."""
-    model = model.eval()
+class ExportError(ValueError):
+    """The model cannot be exported as asked; the message says why and what to do."""
+
+
+def _check_exportable(model: nn.Module) -> None:
+    for name, m in model.named_modules():
+        if isinstance(m, nn.BatchNorm2d) and not m.track_running_stats:
+            raise ExportError(
+                f"{name}: a norm layer without running statistics normalises with batch statistics, "
+                "so samples in a batch would change each other's outputs; retrain with track_running_stats=True"
+            )
+
+
+def inference_model(model: nn.Module, folded: bool = True, example: torch.Tensor | None = None) -> WithStats:
+    """The eval-mode module that export_onnx traces (useful to compare against ONNX Runtime).
+
+    Built on a copy, so the caller's model keeps its mode and weights. ``example`` lets the
+    folding confirm each conv -> norm pair in a real forward pass (see rbn.fold.fold_model).
+    """
     if folded:
-        model, _ = fold_model(model)
-    return WithStats(model).eval()
+        return WithStats(fold_model(model, example)[0]).eval()
+    return WithStats(copy.deepcopy(model).eval()).eval()
+
+
+def _verify_fold(model: nn.Module, folded: WithStats, example: torch.Tensor) -> None:
+    """The folded graph must compute what the model computes; refuse to export otherwise."""
+    with torch.no_grad():
+        want_logits, want_stats = inference_model(model, folded=False)(example)
+        got_logits, got_stats = folded(example)
+    for what, want, got in (("logits", want_logits, got_logits), ("rbn_stats", want_stats, got_stats)):
+        tolerance = 1e-3 * (1 + want.abs().max().item())
+        if (want - got).abs().max().item() > tolerance:
+            raise ExportError(
+                f"the folded graph's {what} differ from the model's: some conv output probably also "
+                "feeds something other than its norm layer; export with folded=False"
+            )
 
 
 def export_onnx(
@@ -54,8 +85,13 @@ def export_onnx(
 
     Writes them to ``path`` when given. The same weights always give the same bytes.
     """
-    wrapper = inference_model(model, folded)
-    example = torch.zeros(2, *input_shape)
+    _check_exportable(model)
+    device = next(model.parameters()).device
+    probe = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)
+    wrapper = inference_model(model, folded, probe)
+    if folded:
+        _verify_fold(model, wrapper, probe)
+    example = torch.zeros(2, *input_shape, device=device)
     buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         # The TorchScript exporter is the one that emits a lean graph from these plain ops;
@@ -91,4 +127,5 @@ def _check(data: bytes) -> bytes:
 
 def stats_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> list[str]:
     """`rbn_stats` column names: the model's norm layers in forward order."""
-    return stats_layer_names(model.eval(), torch.zeros(1, *input_shape))
+    device = next(model.parameters()).device
+    return stats_layer_names(copy.deepcopy(model).eval(), torch.zeros(1, *input_shape, device=device))

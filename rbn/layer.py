@@ -104,7 +104,8 @@ class RepresentativeBatchNorm2d(nn.BatchNorm2d):
                 state_dict[key] = state_dict[key].reshape(-1)
         # A plain BatchNorm2d checkpoint has no calibration weights: start them at the paper's
         # init and absorb the constant gate sigmoid(w_b) into gamma, so the layer computes what
-        # the BN layer computed (the same rule as convert_bn_to_rbn).
+        # the BN layer computed (the same rule as convert_bn_to_rbn). Without affine there is
+        # no gamma to absorb it: such a layer's output is scaled by sigmoid(1) until fine-tuned.
         if prefix + "running_mean" in state_dict and prefix + "center_weight" not in state_dict:
             state_dict[prefix + "center_weight"] = torch.zeros(self.num_features)
             state_dict[prefix + "scale_weight"] = torch.zeros(self.num_features)

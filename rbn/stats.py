@@ -38,12 +38,15 @@ class StatsRecorder:
 
     def stacked(self) -> torch.Tensor:
         """Shape (N, L): RMS over channels of K(X_hat) per layer."""
-        inv_sqrt_c = torch.tensor([c**-0.5 for c in self.channels], dtype=self.norms[0].dtype)
+        first = self.norms[0]
+        inv_sqrt_c = torch.tensor([c**-0.5 for c in self.channels], dtype=first.dtype, device=first.device)
         return torch.cat(self.norms, dim=1).flatten(1) * inv_sqrt_c
 
 
 def _bn_hook(recorder: StatsRecorder):
     def hook(module: nn.BatchNorm2d, inputs, _output) -> None:
+        if module.running_var is None:
+            raise ValueError("rbn_stats needs running statistics (track_running_stats=True)")
         (x,) = inputs
         a = torch.rsqrt(module.running_var + module.eps).view(1, -1, 1, 1)
         recorder.add((instance_mean(x) - module.running_mean.view(1, -1, 1, 1)) * a)
