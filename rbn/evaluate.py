@@ -124,11 +124,11 @@ def evaluate(model: OnnxClassifier, config: EvalConfig, data_path: str | None = 
     clean_accuracy = float((clean.labels == test.labels).mean())
     clean_scores = score(clean.stats, calibration)
     progress(f"clean accuracy {clean_accuracy:.4f}")
+    ood: dict[str, dict] = {"clean_test": {"flag_rate": float((clean_scores > calibration.threshold).mean())}}
 
     images, labels = test.images[: config.corruption_samples], test.labels[: config.corruption_samples]
     in_scores = clean_scores[: config.corruption_samples]
     corruption_accuracy: dict[str, list[float]] = {}
-    ood: dict[str, dict] = {}
     samples: dict[str, list[float]] = {"clean": _sample(clean_scores)}
     family_stats: dict[str, np.ndarray] = {}
     for family in config.families:
@@ -197,6 +197,8 @@ def summary(doc: dict) -> dict:
         "mean_corruption_accuracy": round(doc["mean_corruption_accuracy"], 4),
         "far_ood_digits_auroc": round(doc["ood"]["far_ood_digits"]["auroc"], 4),
         "mean_corruption_auroc": round(float(np.mean([doc["ood"][f]["auroc"] for f in families])), 4),
+        "far_ood_digits_flag_rate": round(doc["ood"]["far_ood_digits"]["flag_rate"], 4),
+        "clean_test_flag_rate": round(doc["ood"].get("clean_test", {}).get("flag_rate", float("nan")), 4),
         "test_set": "Fashion-MNIST test, 10k images; corruptions: first "
         f"{doc['config']['corruption_samples']} images x {len(families)} families x 5 severities",
     }

@@ -58,6 +58,10 @@ def markdown(by_arm: dict[str, list[dict]]) -> str:
     row("far-OOD digits AUROC", lambda d: d["ood"]["far_ood_digits"]["auroc"], 1.0)
     row("far-OOD digits FPR at 95% TPR", lambda d: d["ood"]["far_ood_digits"]["fpr_at_95_tpr"], 1.0)
     row("mean corruption AUROC", lambda d: np.mean([d["ood"][f]["auroc"] for f in families]), 1.0)
+    if all("clean_test" in d["ood"] for a in arms for d in by_arm[a]):
+        row("flagged at the served threshold: clean test (%)", lambda d: d["ood"]["clean_test"]["flag_rate"])
+    row("flagged at the served threshold: far-OOD digits (%)", lambda d: d["ood"]["far_ood_digits"]["flag_rate"])
+    row("flagged at the served threshold: corrupted, mean over families (%)", lambda d: np.mean([d["ood"][f]["flag_rate"] for f in families]))
     if all("combine_sensitivity" in d for a in arms for d in by_arm[a]):
         lines += ["", "How the layers are combined into one score (pre-registered: rms_z; the others for comparison only):", ""]
         lines.append("| combination | " + " | ".join(f"{a.upper()} far-OOD AUROC | {a.upper()} mean corruption AUROC" for a in arms) + " |")
@@ -68,13 +72,15 @@ def markdown(by_arm: dict[str, list[dict]]) -> str:
                 cells.append(_ms([d["combine_sensitivity"][how]["far_ood_digits_auroc"] for d in by_arm[a]], 1.0, 3))
                 cells.append(_ms([d["combine_sensitivity"][how]["mean_corruption_auroc"] for d in by_arm[a]], 1.0, 3))
             lines.append(f"| {how} | " + " | ".join(cells) + " |")
-    lines += ["", "Per corruption family (accuracy % averaged over severities 1-5; OOD AUROC with severities pooled):", ""]
-    lines.append("| family | " + " | ".join(f"{a.upper()} acc" for a in arms) + " | " + " | ".join(f"{a.upper()} AUROC" for a in arms) + " |")
-    lines.append("|---" * (2 * len(arms) + 1) + "|")
+    lines += ["", "Per corruption family (accuracy % averaged over severities 1-5; OOD AUROC and the share flagged at the served threshold, severities pooled):", ""]
+    lines.append("| family | " + " | ".join(f"{a.upper()} acc" for a in arms) + " | " + " | ".join(f"{a.upper()} AUROC" for a in arms)
+                 + " | " + " | ".join(f"{a.upper()} flagged %" for a in arms) + " |")
+    lines.append("|---" * (3 * len(arms) + 1) + "|")
     for f in families:
         accs = [_ms([np.mean(d["corruption_accuracy"][f]) for d in by_arm[a]]) for a in arms]
         aucs = [_ms([d["ood"][f]["auroc"] for d in by_arm[a]], 1.0, 3) for a in arms]
-        lines.append(f"| {f} | " + " | ".join(accs + aucs) + " |")
+        flags = [_ms([d["ood"][f]["flag_rate"] for d in by_arm[a]], 100.0, 1) for a in arms]
+        lines.append(f"| {f} | " + " | ".join(accs + aucs + flags) + " |")
     return "\n".join(lines) + "\n"
 
 
