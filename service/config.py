@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     max_queue_delay_ms: float = Field(2.0, ge=0)
     """With an inference slot free, how long a batch waits for more requests; an idle runtime runs at once."""
     max_queue_size: int = Field(256, ge=1)
-    """Images waiting per model; beyond it requests get 503 with Retry-After at once."""
+    """Images waiting per model; beyond it requests get 503 with Retry-After at once (must be >= max_batch_size and max_files)."""
     instances: int = Field(1, ge=1, le=16)
     """Batches of one model that may run at the same time (Triton's instance count)."""
 
@@ -91,4 +91,7 @@ class Settings(BaseSettings):
     def _queue_holds_a_batch(self) -> Settings:
         if self.max_queue_size < self.max_batch_size:
             raise ValueError(f"max_queue_size ({self.max_queue_size}) must be >= max_batch_size ({self.max_batch_size})")
+        if self.max_queue_size < self.max_files:
+            raise ValueError(f"max_queue_size ({self.max_queue_size}) must be >= max_files ({self.max_files}): "
+                             "a request of max_files images must fit in the queue")
         return self

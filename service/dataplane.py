@@ -5,6 +5,7 @@ Routes call these and only encode; answers are plain dicts (serialised with orjs
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass
 
@@ -179,13 +180,14 @@ def parse_label(value: str | None, labels: list[str]) -> int | None:
     """A class index ('7') or a name ('Sneaker', any case) -> index; 422 otherwise."""
     if value is None or value == "":
         return None
-    if value.lstrip("-").isdigit():
+    value = value.strip()
+    if re.fullmatch(r"-?[0-9]+", value):  # ASCII digits only: str.isdigit() accepts '²', which int() refuses
         index = int(value)
         if 0 <= index < len(labels):
             return index
         raise InvalidArgument(f"label index {index} is out of range 0..{len(labels) - 1}")
     folded = {name.casefold(): i for i, name in enumerate(labels)}
-    index = folded.get(value.strip().casefold())
+    index = folded.get(value.casefold())
     if index is None:
         raise InvalidArgument(f"unknown label {value!r}; valid: {', '.join(labels)} or an index 0..{len(labels) - 1}")
     return index

@@ -12,6 +12,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 
@@ -95,6 +96,8 @@ class InferenceFailed(ServiceError):
     status, code = 500, "inference_failed"
 
 
+CLIENT_CLOSED = 499  # nginx's "client closed request": nobody reads it, the metrics count it as 4xx
+
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "body_too_large"}
 
 
@@ -143,6 +146,11 @@ def install(app: FastAPI, on_reject: Callable[[Request, int, str], None]) -> Non
         on_reject(request, exc.status_code, code)
         return error_response(request.url.path, exc.status_code, code, message, getattr(exc, "headers", None))
 
+    async def client_disconnected(request: Request, exc: ClientDisconnect) -> Response:
+        # The client went away mid-upload: its fault, not ours (no 5xx, no traceback).
+        on_reject(request, CLIENT_CLOSED, "client_disconnected")
+        return error_response(request.url.path, CLIENT_CLOSED, "client_disconnected", "the client closed the connection")
+
     async def unexpected(request: Request, exc: Exception) -> Response:
         on_reject(request, 500, "internal")
         return error_response(request.url.path, 500, "internal", "internal server error; see the server log")
@@ -150,4 +158,5 @@ def install(app: FastAPI, on_reject: Callable[[Request, int, str], None]) -> Non
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(ClientDisconnect, client_disconnected)
     app.add_exception_handler(Exception, unexpected)

@@ -66,6 +66,8 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
         raise InvalidTensor(f"cannot decompress the {encoding} body: {exc}") from None
     if len(data) > limit or inflater.unconsumed_tail:
         raise BodyTooLarge(f"decompressed request body exceeds the limit of {limit} bytes")
+    if not inflater.eof:
+        raise InvalidTensor(f"truncated compressed body: the {encoding} stream ends before its end marker")
     return data
 
 

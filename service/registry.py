@@ -49,6 +49,11 @@ class LoadedModel:
     def meta(self):
         return self.bundle.meta
 
+    @property
+    def max_request_images(self) -> int:
+        """The most images one request can hold: all its chunks must fit in the batch queue at once."""
+        return self.batcher.max_queue_size
+
     async def infer(self, x: np.ndarray) -> Inference:
         """Run (N, C, H, W) float32 through the batcher, in chunks of at most max_batch_size."""
         size = self.max_batch_size
@@ -90,18 +95,24 @@ def load_model(bundle: Bundle, settings: Settings, metrics: Metrics) -> LoadedMo
 
 def load_all(bundles: list[Bundle], settings: Settings, metrics: Metrics,
              errors: dict[str, str]) -> dict[str, LoadedModel]:
-    """Load every bundle; a bundle that fails is reported in ``errors`` and skipped. ProviderError is fatal."""
+    """Load every bundle; a bundle that fails for any reason is reported in ``errors`` and skipped,
+    never crashing the others. Only ProviderError (the requested provider is absent) is fatal."""
     models: dict[str, LoadedModel] = {}
     for bundle in bundles:
         try:
             models[bundle.name] = load_model(bundle, settings, metrics)
         except ProviderError:
             raise
-        except BundleError as exc:
-            errors[bundle.name] = str(exc)
-            log.error("skipping bundle %s: %s", bundle.name, exc)
+        except Exception as exc:  # BundleError, or whatever ONNX Runtime raises (e.g. CUDA out of memory)
+            errors[bundle.name] = str(exc) if isinstance(exc, BundleError) else f"{bundle.name}: {_first_line(exc)}"
+            log.error("skipping bundle %s: %s", bundle.name, errors[bundle.name])
     pair_baselines(models)
     return models
+
+
+def _first_line(exc: Exception) -> str:
+    first = str(exc).partition("\n")[0]
+    return f"{type(exc).__name__}: {first}"
 
 
 def pair_baselines(models: dict[str, LoadedModel]) -> None:

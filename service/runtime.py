@@ -90,7 +90,11 @@ class ModelRuntime:
         zeros = np.zeros((max_batch_size, spec.channels, spec.height, spec.width), np.float32)
         start = time.perf_counter()
         for n in range(1, max_batch_size + 1):
-            logits, stats = self.run(zeros[:n])
+            try:
+                logits, stats = self.run(zeros[:n])
+            except Exception as exc:  # a graph that fails at some batch size, CUDA out of memory
+                first = str(exc).partition("\n")[0]
+                raise BundleError(f"{self.meta.name}: warm-up with a batch of {n} failed: {first}") from None
             if logits.shape != (n, len(self.meta.labels)) or stats.shape != (n, len(self.meta.stats_layers)):
                 raise BundleError(f"{self.meta.name}: batch of {n} gave outputs {logits.shape} and {stats.shape}")
         return time.perf_counter() - start

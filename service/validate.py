@@ -22,7 +22,11 @@ def check(folder: Path) -> str:
     meta = validate_bundle(folder, check_graph=full)
     runtime = ModelRuntime(meta, Bundle(meta, folder).onnx_file, providers="cpu", intra_op_threads=1)
     spec = meta.input
-    logits, stats = runtime.run(np.zeros((2, spec.channels, spec.height, spec.width), np.float32))
+    try:
+        logits, stats = runtime.run(np.zeros((2, spec.channels, spec.height, spec.width), np.float32))
+    except Exception as exc:  # onnxruntime raises its own unrelated exception types
+        first = str(exc).partition("\n")[0]
+        raise BundleError(f"{meta.name}: inference of a batch of 2 failed: {first}") from None
     if not (np.isfinite(logits).all() and np.isfinite(stats).all()):
         raise BundleError(f"{meta.name}: the graph gives non-finite outputs on a zero input")
     pairing = f", baseline {meta.baseline}" if meta.baseline else ""

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from service import oip
 from service.api.deps import State, json_response
 from service.api.schemas import InferRequest, InferResponse, ModelMetadata, ServerMetadata, V2Error
-from service.errors import ModelNotFound
+from service.errors import InvalidTensor, ModelNotFound
 from service.middleware import MODEL_KEY
 from service.registry import LoadedModel
 from service.state import ServiceState
@@ -98,6 +98,9 @@ async def infer(request: Request) -> Response:
     limit = state.settings.max_body_bytes
     body = oip.decompress(await request.body(), request.headers.get("content-encoding"), limit)
     parsed = oip.parse_infer(body, request.headers.get(oip.HEADER_LENGTH), model.meta)
+    if len(parsed.x) > model.max_request_images:  # could never be queued: 503 + Retry-After would be retried forever
+        raise InvalidTensor(f"input {model.meta.input.name!r} has a batch of {len(parsed.x)}; model {model.name} takes "
+                            f"at most {model.max_request_images} images per request (max_queue_size); split the request")
     result = await plane.infer_tensor(model, parsed.x)
     content, headers, media = oip.encode_infer(model.meta, parsed, {"logits": result.logits, "rbn_stats": result.stats})
     return Response(content, headers=headers, media_type=media)

@@ -51,3 +51,41 @@ class ServiceProcess(ServerProcess):
 
 def start_server(repo: Path, tmp: Path, **settings) -> ServiceProcess:
     return ServiceProcess(repo, tmp / "server.log", **settings).wait_ready()
+
+
+def write_batch_one_bundle(repo: Path, like: Path, name: str = "test-batch-one") -> Path:
+    """A bundle that passes every load-time check (schema, hash, Triton config, ONNX checker, graph inputs
+    and outputs against model.json) but fails at run time with a batch of 2: a Squeeze of the batch axis
+    inside the graph. ``like`` is a bundle folder whose model.json lends the labels and input spec."""
+    import json
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    from rbn.bundle import write_bundle
+
+    fields = json.loads((like / "model.json").read_text())
+    labels, layers = len(fields["labels"]), 2
+    spec = fields["input"]
+    pixels = spec["channels"] * spec["height"] * spec["width"]
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+               numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+               numpy_helper.from_array(rng.standard_normal((pixels, labels)).astype(np.float32), "w_logits"),
+               numpy_helper.from_array(rng.standard_normal((pixels, layers)).astype(np.float32), "w_stats")]
+    nodes = [helper.make_node("Flatten", [spec["name"]], ["flat"]),
+             helper.make_node("MatMul", ["flat", "w_logits"], ["scores"]),
+             helper.make_node("ReduceSum", ["flat", "axis1"], ["total"]),  # (batch, 1)
+             helper.make_node("Squeeze", ["total", "axis0"], ["first"]),  # (1,) only when batch == 1
+             helper.make_node("Add", ["scores", "first"], ["logits"]),
+             helper.make_node("MatMul", ["flat", "w_stats"], ["rbn_stats"])]
+    graph = helper.make_graph(
+        nodes, name, [helper.make_tensor_value_info(spec["name"], TensorProto.FLOAT,
+                                                    ["batch", spec["channels"], spec["height"], spec["width"]])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", labels]),
+         helper.make_tensor_value_info("rbn_stats", TensorProto.FLOAT, ["batch", layers])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key in ("onnx_sha256", "ood", "evaluation", "provenance", "baseline"):
+        fields.pop(key, None)
+    fields.update(name=name, norm="bn", stats_layers=[f"layer{i}" for i in range(layers)])
+    return write_bundle(repo, fields, model.SerializeToString())

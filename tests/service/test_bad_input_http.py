@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import struct
+import time
 import zlib
 
 import numpy as np
 import pytest
-from svc_support import BN, MAX_BODY, MAX_FILES, MAX_PIXELS, encode
+from svc_support import BN, MAX_BODY, MAX_FILES, MAX_PIXELS, RBN, encode
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -57,6 +59,7 @@ CASES = {
     "ab severity without corruption": (lambda c: post(c, GOOD, path="/ab", severity=2), 422, "invalid_argument"),
     "ab unknown label": (lambda c: post(c, GOOD, path="/ab", label="Hat"), 422, "invalid_argument"),
     "ab label index out of range": (lambda c: post(c, GOOD, path="/ab", label="10"), 422, "invalid_argument"),
+    "ab label superscript digit": (lambda c: post(c, GOOD, path="/ab", label="²"), 422, "invalid_argument"),
     "ab model without baseline": (lambda c: post(c, GOOD, path="/ab", model=BN), 409, "no_baseline"),
     "unknown route": (lambda c: c.get("/nowhere"), 404, "not_found"),
     "wrong method": (lambda c: c.get("/predict"), 405, "method_not_allowed"),
@@ -95,3 +98,27 @@ def test_rejections_are_counted(client):
     post(client, b"")
     text = client.get("/metrics").text
     assert 'rbn_serve_rejected_requests_total{reason="empty_body",route="/predict"}' in text
+
+
+def _series(text: str, series: str) -> float:
+    return next((float(line.removeprefix(series)) for line in text.splitlines() if line.startswith(series + " ")), 0.0)
+
+
+def test_client_disconnecting_mid_upload_is_a_4xx_not_an_error(server, client):
+    errors = f'rbn_serve_requests_total{{model="{RBN}",route="/predict",status="5xx"}}'
+    refused = f'rbn_serve_requests_total{{model="{RBN}",route="/predict",status="4xx"}}'
+    gone = 'rbn_serve_rejected_requests_total{reason="client_disconnected",route="/predict"}'
+    before, logged = client.get("/metrics").text, len(server.log())
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:  # promise 100000 bytes, send 100, hang up
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\n"
+                     b"Content-Length: 100000\r\n\r\n" + GOOD[:100])
+        time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while _series(text := client.get("/metrics").text, refused) == _series(before, refused) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _series(text, gone) == _series(before, gone) + 1
+    assert _series(text, errors) == _series(before, errors)
+    assert _series(text, refused) == _series(before, refused) + 1  # recorded as 499, nginx's "client closed request"
+    log = server.log()[logged:]
+    assert "ClientDisconnect" not in log and "Traceback" not in log

@@ -106,3 +106,12 @@ def test_decompress_is_bounded():
         decompress(b"not gzip", "gzip", 1000)
     with pytest.raises(InvalidTensor, match="Content-Encoding"):
         decompress(data, "br", 1000)
+
+
+@pytest.mark.parametrize("encoding, compress", [("gzip", gzip.compress), ("deflate", zlib.compress)])
+def test_truncated_compressed_body_is_refused(encoding, compress):
+    body = compress(bytes(range(256)) * 40)
+    for cut in (4, len(body) // 2):  # the trailer missing; half the stream missing
+        with pytest.raises(InvalidTensor, match="truncated compressed body") as info:
+            decompress(body[:-cut], encoding, 100_000)
+        assert info.value.status == 400

@@ -13,7 +13,7 @@ from svc_support import encode, start_server
 @pytest.fixture(scope="module")
 def small_server(bundle_repo, tmp_path_factory):
     proc = start_server(bundle_repo, tmp_path_factory.mktemp("overload"), max_batch_size=4, max_queue_size=4,
-                        retry_after_s=2)
+                        max_files=4, retry_after_s=2)
     yield proc
     proc.stop()
 
@@ -46,3 +46,23 @@ def test_overload_gives_503_and_recovers(small_server):
     assert 'rbn_serve_rejected_requests_total{reason="queue_full",route="/predict"}' in text
     assert 'rbn_serve_requests_total{model="test-resnet20-rbn",route="/predict",status="5xx"}' in text
     assert 'rbn_serve_queue_depth{model="test-resnet20-rbn"} 0.0' in text
+
+
+def test_v2_batch_larger_than_the_queue_is_a_400_not_a_503(small_server):
+    def infer(c: httpx.Client, n: int) -> httpx.Response:
+        tensor = {"name": "input", "shape": [n, 1, 28, 28], "datatype": "FP32", "data": [0.0] * (n * 784)}
+        return c.post("/v2/models/test-resnet20-rbn/infer", json={"inputs": [tensor]})
+
+    def batches_run(c: httpx.Client) -> float:
+        series = 'rbn_serve_batch_size_count{model="test-resnet20-rbn"} '
+        line = next(line for line in c.get("/metrics").text.splitlines() if line.startswith(series))
+        return float(line.removeprefix(series))
+
+    with httpx.Client(base_url=small_server.url, timeout=30) as c:
+        assert infer(c, 4).status_code == 200
+        before = batches_run(c)
+        r = infer(c, 5)  # could never be queued: a 503 with Retry-After would be retried forever
+        assert r.status_code == 400 and "retry-after" not in r.headers
+        error = r.json()
+        assert set(error) == {"error"} and "at most 4 images per request" in error["error"]
+        assert batches_run(c) == before  # refused before any chunk was queued

@@ -9,6 +9,8 @@ from rbn.bundle import BundleMeta
 from rbn.corruptions import corrupt
 from rbn.ood import calibrate, score
 from service.compare import corrupt_images, kl_divergence, l1_distance, verdict
+from service.dataplane import parse_label
+from service.errors import InvalidArgument
 from service.ood import OodScorer
 from service.predictions import describe, softmax, top_k
 
@@ -64,3 +66,13 @@ def test_corrupt_images_matches_rbn_corruptions_per_image():
     rgb = np.repeat(images[:1], 3, axis=1)
     shifted = corrupt_images(rgb, "rotate", 4, seed=5)
     assert (shifted[0, 0] == shifted[0, 1]).all() and (shifted[0, 1] == shifted[0, 2]).all()  # same draw per channel
+
+
+def test_parse_label():
+    labels = ["T-shirt", "Trouser", "Bag"]
+    assert parse_label(None, labels) is None and parse_label("", labels) is None
+    assert parse_label("2", labels) == 2 and parse_label(" 1 ", labels) == 1
+    assert parse_label(" trouser ", labels) == 1 and parse_label("BAG", labels) == 2
+    for bad in ("²", "①", "٣", "3", "-1", "--1", "-", "1.0", "Hat"):  # '²'.isdigit() is True, int('²') raises
+        with pytest.raises(InvalidArgument):
+            parse_label(bad, labels)

@@ -7,9 +7,10 @@ import shutil
 import subprocess
 import sys
 
+import httpx
 import pytest
 from pydantic import ValidationError
-from svc_support import BN, BROKEN, RBN, ROOT
+from svc_support import BN, BROKEN, RBN, ROOT, start_server, write_batch_one_bundle
 
 from service.cli import _settings, build_parser
 from service.config import Settings
@@ -68,6 +69,8 @@ def test_env_prefix_and_flags_override(bundle_repo, monkeypatch):
 def test_settings_fail_fast(bundle_repo):
     with pytest.raises(ValidationError, match="max_queue_size"):
         Settings(model_repository=bundle_repo, max_batch_size=64, max_queue_size=8)
+    with pytest.raises(ValidationError, match="max_files"):  # a request of max_files images could never be queued
+        Settings(model_repository=bundle_repo, max_batch_size=8, max_queue_size=8, max_files=9)
     with pytest.raises(ValidationError):
         Settings(model_repository=bundle_repo, providers="tpu")
     with pytest.raises(ValidationError):
@@ -99,3 +102,26 @@ def test_graph_that_onnx_runtime_cannot_load_is_skipped_and_fatal_when_alone(bun
     result = serve(tmp_path)
     assert result.returncode == 1
     assert "loading models failed" in result.stderr and "cannot load the graph" in result.stderr
+
+
+def test_bundle_failing_at_warm_up_is_skipped_and_the_others_served(bundle_repo, tmp_path):
+    repo = tmp_path / "models"
+    shutil.copytree(bundle_repo / BN, repo / BN)
+    bad = write_batch_one_bundle(repo, bundle_repo / BN).name  # valid and consistent; fails at batch 2
+    proc = start_server(repo, tmp_path, max_batch_size=4)
+    try:
+        with httpx.Client(base_url=proc.url, timeout=60) as c:
+            models = c.get("/models").json()
+            assert [m["name"] for m in models["models"]] == [BN] and models["primary"] == BN
+            assert "warm-up with a batch of 2 failed" in models["unavailable"][bad]
+            r = c.post(f"/v2/models/{BN}/infer", json={"inputs": [
+                {"name": "input", "shape": [2, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 1568}]})
+            assert r.status_code == 200, r.text
+            assert c.get(f"/v2/models/{bad}/ready").status_code == 404
+            assert "rbn_serve_bundle_errors 1.0" in c.get("/metrics").text
+    finally:
+        proc.stop()
+    validate = run_cli("validate", str(repo / BN), str(repo / bad))
+    assert validate.returncode == 1 and "Traceback" not in validate.stderr
+    lines = validate.stdout.strip().splitlines()
+    assert [line.split()[0] for line in lines] == ["OK", "FAIL"] and "batch of 2 failed" in lines[1]

@@ -141,6 +141,9 @@ def test_binary_extension_by_hand(client):
     gz = client.post(f"/v2/models/{RBN}/infer", content=gzip.compress(body),
                      headers={"Inference-Header-Content-Length": str(len(header)), "Content-Encoding": "gzip"})
     assert gz.status_code == 200 and gz.content == r.content
+    truncated = client.post(f"/v2/models/{RBN}/infer", content=gzip.compress(body)[:-8],  # no gzip trailer
+                            headers={"Inference-Header-Content-Length": str(len(header)), "Content-Encoding": "gzip"})
+    assert truncated.status_code == 400 and "truncated compressed body" in truncated.json()["error"]
     short = client.post(f"/v2/models/{RBN}/infer", content=body[:-4],
                         headers={"Inference-Header-Content-Length": str(len(header))})
     assert short.status_code == 400 and "binary_data_size" in short.json()["error"]
