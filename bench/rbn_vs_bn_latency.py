@@ -53,6 +53,9 @@ def session(data: bytes, threads: int, profile_prefix: str | None = None) -> ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # Four sessions live side by side here: idle pools must not spin on each other's cores
+    # (the service sets the same option).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
