@@ -100,7 +100,7 @@ def plot(by_arm: dict[str, list[dict]], out_dir: Path) -> list[Path]:
         for arm, color in zip(arms, ("tab:red", "tab:blue")):
             acc = np.array([d["corruption_accuracy"][family] for d in by_arm[arm]]) * 100
             sev = np.arange(1, acc.shape[1] + 1)
-            ax.errorbar(sev, acc.mean(0), yerr=acc.std(0), label=arm.upper(), color=color, marker="o", ms=3, capsize=2)
+            ax.errorbar(sev, acc.mean(0), yerr=acc.std(0, ddof=1) if len(acc) > 1 else None, label=arm.upper(), color=color, marker="o", ms=3, capsize=2)
         ax.set_title(family, fontsize=9)
         ax.set_xticks(sev)
         ax.grid(alpha=0.3)
