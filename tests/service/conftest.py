@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from svc_support import BN, BROKEN, MAX_BODY, MAX_FILES, MAX_PIXELS, RBN, SAMPLES, encode, start_server
+from svc_support import BN, BROKEN, MAX_BODY, MAX_FILES, MAX_PIXELS, RBN, SAMPLES, start_server
 
 from tests.bundles import write_test_bundles
 
@@ -36,22 +36,15 @@ def served_repo(bundle_repo, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def fmnist_samples() -> list[tuple[str, bytes, int]]:
-    """(file name, PNG bytes, label index) from the shipped sample, else from the Debian data set."""
+    """(file name, PNG bytes, label index) from the shipped sample."""
     folder = SAMPLES / "fashion-mnist"
-    if (folder / "labels.json").exists():
-        entries = json.loads((folder / "labels.json").read_text())[:24]
-        return [(e["file"], (folder / e["file"]).read_bytes(), int(e["label"])) for e in entries]
-    from rbn.data import load_split
-
-    split = load_split("test")
-    return [(f"{i}.png", encode(split.images[i]), int(split.labels[i])) for i in range(24)]
+    entries = json.loads((folder / "labels.json").read_text())[:24]
+    return [(e["file"], (folder / e["file"]).read_bytes(), int(e["label"])) for e in entries]
 
 
 @pytest.fixture(scope="session")
 def photos() -> list[tuple[str, bytes, int]]:
     folder = SAMPLES / "photos"
-    if not (folder / "labels.json").exists():
-        pytest.skip("samples/photos is not there yet")
     entries = json.loads((folder / "labels.json").read_text())
     return [(e["file"], (folder / e["file"]).read_bytes(), int(e["label"])) for e in entries]
 

@@ -152,8 +152,6 @@ def test_pixel_limit_is_checked_before_decoding():
 
 
 def test_shipped_photos_come_back_close_to_the_originals():
-    if not (SAMPLES / "photos" / "labels.json").exists():
-        pytest.skip("samples/photos is not there yet")
     from rbn.data import load_split
 
     originals = load_split("test").images
