@@ -4,6 +4,7 @@ the batch queues. Exits 0 after a graceful stop, 1 when model loading failed."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -16,6 +17,8 @@ from service.config import Settings
 from service.state import ServiceState, StartupError
 
 log = logging.getLogger(__name__)
+
+GC_YOUNG_THRESHOLD = 10_000  # allocations between young collections (CPython's default: 700)
 
 
 class DrainingServer(uvicorn.Server):
@@ -70,8 +73,23 @@ def serve(settings: Settings) -> int:
         backlog=2048,
         server_header=False,
     )
+    app.state.service.on_ready = settle_heap
     server = DrainingServer(config, app.state.service, settings.drain_delay_s)
     server.run()
     if server.failed or not server.started:
         return 1
     return 0
+
+
+def settle_heap() -> None:
+    """Once the models are loaded: take the ~70k objects of imports, sessions and metadata out of
+    the cyclic GC's sight, and collect the young generation less often.
+
+    Measured under load on the 2-core VM (gc.callbacks timing, wrk at concurrency 16): without
+    this a full collection (~60 ms, on the event loop) ran about once a second and the GC took
+    ~15% of the event loop's CPU; with it, none in 10 s. A request's objects are freed by
+    reference counting; the higher threshold only delays collecting the rare cycle.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])

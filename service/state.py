@@ -41,6 +41,7 @@ class ServiceState:
         self.shadow = Shadow(settings.shadow_fraction, metrics)
         self.decode_pool = ThreadPoolExecutor(max(1, min(4, available_cpus())), thread_name_prefix="decode")
         self.on_fatal: Callable[[str], None] | None = None  # set by the server runner to exit the process
+        self.on_ready: Callable[[], None] | None = None  # set by the server runner: process-wide tuning
         self._loader: asyncio.Task | None = None
         self._bundles: list | None = None
         metrics.register_live(self.live)
@@ -112,6 +113,8 @@ class ServiceState:
         except Exception as exc:
             self._fail(f"loading models failed: {exc}")
             return
+        if self.on_ready is not None:
+            self.on_ready()
         if self.phase == "loading":
             self.phase = "ready"
             log.info("ready: serving %s (primary %s)", ", ".join(sorted(self.models)), self.primary)
