@@ -13,6 +13,7 @@ from service.api import ab, health, models, predict, v2
 from service.api.schemas import InferRequest
 from service.config import Settings
 from service.dataplane import DataPlane
+from service.fastpath import RawPredict
 from service.metrics import Metrics
 from service.middleware import UNMATCHED, ObserveRequests
 from service.oip import server_metadata
@@ -57,7 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
         metrics.rejected.labels(route.path if route is not None else UNMATCHED, code).inc()
 
     errors.install(app, on_reject)
-    app.add_middleware(ObserveRequests, state=state)
+    app.add_middleware(ObserveRequests, state=state, fast=RawPredict(app, on_reject))
     app.openapi = lambda: _openapi(app)
     return app
 

@@ -96,6 +96,8 @@ class InferenceFailed(ServiceError):
     status, code = 500, "inference_failed"
 
 
+Rejected = Callable[[Request, int, str], None]  # (request, status, code): counts a rejection
+
 CLIENT_CLOSED = 499  # nginx's "client closed request": nobody reads it, the metrics count it as 4xx
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "body_too_large"}
@@ -124,12 +126,27 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
-def install(app: FastAPI, on_reject: Callable[[Request, int, str], None]) -> None:
+def answer_service_error(request: Request, exc: ServiceError, on_reject: Rejected) -> Response:
+    on_reject(request, exc.status, exc.code)
+    return error_response(request.url.path, exc.status, exc.code, exc.message, exc.headers)
+
+
+def answer_disconnect(request: Request, on_reject: Rejected) -> Response:
+    # The client went away mid-upload: its fault, not ours (no 5xx, no traceback).
+    on_reject(request, CLIENT_CLOSED, "client_disconnected")
+    return error_response(request.url.path, CLIENT_CLOSED, "client_disconnected", "the client closed the connection")
+
+
+def answer_unexpected(request: Request, on_reject: Rejected) -> Response:
+    on_reject(request, 500, "internal")
+    return error_response(request.url.path, 500, "internal", "internal server error; see the server log")
+
+
+def install(app: FastAPI, on_reject: Rejected) -> None:
     """Register the error handlers on ``app``; ``on_reject`` counts rejections."""
 
     async def service_error(request: Request, exc: ServiceError) -> Response:
-        on_reject(request, exc.status, exc.code)
-        return error_response(request.url.path, exc.status, exc.code, exc.message, exc.headers)
+        return answer_service_error(request, exc, on_reject)
 
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         status = 400 if is_v2(request.url.path) else 422
@@ -147,13 +164,10 @@ def install(app: FastAPI, on_reject: Callable[[Request, int, str], None]) -> Non
         return error_response(request.url.path, exc.status_code, code, message, getattr(exc, "headers", None))
 
     async def client_disconnected(request: Request, exc: ClientDisconnect) -> Response:
-        # The client went away mid-upload: its fault, not ours (no 5xx, no traceback).
-        on_reject(request, CLIENT_CLOSED, "client_disconnected")
-        return error_response(request.url.path, CLIENT_CLOSED, "client_disconnected", "the client closed the connection")
+        return answer_disconnect(request, on_reject)
 
     async def unexpected(request: Request, exc: Exception) -> Response:
-        on_reject(request, 500, "internal")
-        return error_response(request.url.path, 500, "internal", "internal server error; see the server log")
+        return answer_unexpected(request, on_reject)
 
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(RequestValidationError, validation_error)

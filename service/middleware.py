@@ -16,9 +16,10 @@ UNMATCHED = "unmatched"
 
 
 class ObserveRequests:
-    def __init__(self, app, state: ServiceState) -> None:
+    def __init__(self, app, state: ServiceState, fast=None) -> None:
         self.app = app
         self.state = state
+        self.fast = fast  # service.fastpath.RawPredict: takes the requests it ``matches`` past FastAPI
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -52,8 +53,9 @@ class ObserveRequests:
 
         start = time.perf_counter()
         state.in_flight += 1
+        app = self.fast if self.fast is not None and self.fast.matches(scope) else self.app
         try:
-            await self.app(scope, limited_receive, observed_send)
+            await app(scope, limited_receive, observed_send)
         finally:
             state.in_flight -= 1
             route = scope.get("route")

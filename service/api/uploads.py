@@ -32,11 +32,17 @@ IMAGE_BODY = {
 }
 
 
+def is_raw_image(content_type: str) -> bool:
+    """A body that is one image: ``image/*`` or ``application/octet-stream`` (parameters ignored)."""
+    media = content_type.partition(";")[0].strip().lower()
+    return media.startswith("image/") or media == "application/octet-stream"
+
+
 async def read_uploads(request: Request, settings: Settings) -> list[Upload]:
     content_type = request.headers.get("content-type", "")
-    media = content_type.partition(";")[0].strip().lower()
-    if media.startswith("image/") or media == "application/octet-stream":
+    if is_raw_image(content_type):
         return [Upload(await request.body())]
+    media = content_type.partition(";")[0].strip().lower()
     if media == "multipart/form-data":
         return await _multipart(request, settings)
     raise UnsupportedMediaType(

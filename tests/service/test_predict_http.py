@@ -169,3 +169,29 @@ def test_serving_does_not_run_the_cyclic_gc(server, client, fmnist_samples):
     after = _gc_collections(client)
     assert after["2"] == before["2"]
     assert after["0"] - before["0"] <= 2  # 22 with the defaults
+
+
+def test_raw_body_and_multipart_take_different_paths_to_the_same_answer(client, fmnist_samples):
+    """A raw image body is answered past FastAPI's routing (service.fastpath), multipart through
+    it: answers, errors and the request metrics' route label must not tell them apart."""
+    name, data, _ = fmnist_samples[3]
+    raw = post_image(client, data, "application/octet-stream", top_k=5).json()["predictions"][0]
+    multi = client.post("/predict", files=[("file", (name, data, "image/png"))], params={"top_k": 5}).json()
+    (multi,) = multi["predictions"]
+    assert multi.pop("filename") == name
+    assert [t["index"] for t in raw["top_k"]] == [t["index"] for t in multi["top_k"]]
+    assert [t["probability"] for t in raw["top_k"]] == pytest.approx([t["probability"] for t in multi["top_k"]], abs=1e-6)
+    assert raw["ood"]["stats"] == pytest.approx(multi["ood"]["stats"], rel=1e-5)
+    series = 'rbn_serve_rejected_requests_total{reason="model_not_found",route="/predict"}'
+    before = _metric(client, series)
+    for params, status in (({"top_k": 0}, 422), ({"model": "nope"}, 404)):
+        fast = post_image(client, data, **params)
+        slow = client.post("/predict", files=[("file", (name, data, "image/png"))], params=params)
+        assert fast.status_code == slow.status_code == status
+        assert fast.json() == slow.json()
+    assert _metric(client, series) == before + 2
+
+
+def _metric(client, series: str) -> float:
+    line = next((line for line in client.get("/metrics").text.splitlines() if line.startswith(series + " ")), None)
+    return 0.0 if line is None else float(line.rsplit(" ", 1)[1])

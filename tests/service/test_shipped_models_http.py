@@ -38,7 +38,7 @@ def test_shipped_sample_is_classified_like_the_test_set(shipped):
         chunk = samples[start : start + 16]
         files = [("file", (f"{i}.png", data, "image/png")) for i, (data, _) in enumerate(chunk)]
         predictions = shipped.post("/predict", files=files).json()["predictions"]
-        correct += sum(p["index"] == label for p, (_, label) in zip(predictions, chunk))
+        correct += sum(p["index"] == label for p, (_, label) in zip(predictions, chunk, strict=True))
         flagged += sum(p["ood"]["flag"] for p in predictions)
     assert correct / len(samples) >= 0.9  # the model is 94% accurate on the full test set
     assert flagged / len(samples) <= 0.2  # threshold at the clean 95th percentile
