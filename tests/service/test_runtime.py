@@ -22,6 +22,11 @@ def test_session_runs_and_warms_up(bundle_repo):
     assert 1 <= default_threads() <= 8
 
 
+@pytest.mark.parametrize(("cpus", "threads"), [(1, 1), (2, 2), (3, 2), (4, 3), (16, 8), (64, 8)])
+def test_default_thread_count(cpus, threads):
+    assert default_threads(cpus) == threads
+
+
 def test_metadata_that_disagrees_with_the_graph_is_refused(bundle_repo):
     meta = read_meta(bundle_repo / RBN)
     onnx_file = Bundle(meta, bundle_repo / RBN).onnx_file
