@@ -187,8 +187,9 @@ def http(method: str, url: str, body: bytes | None = None, content_type: str | N
 class ServerProcess(procs.ServerProcess):
     """A server on 127.0.0.1:<ephemeral port>, logging to a file, killed when stopped or when we die."""
 
-    def __init__(self, name: str, args: Sequence[str], port: int, log_path: Path, env: dict | None = None) -> None:
-        super().__init__(args, port, log_path, name=name, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+    def __init__(self, name: str, args: Sequence[str], port: int, log_path: Path, env: dict | None = None,
+                 cwd: Path = ROOT) -> None:
+        super().__init__(args, port, log_path, name=name, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                          preexec_fn=_die_with_parent)
 
     def rss_mb(self) -> float:

@@ -176,3 +176,29 @@ def test_paused_job_resumes_when_the_benchmark_is_killed():
         bench.wait()
         job.kill()
         job.wait()
+
+
+@pytest.mark.skipif(not shutil.which("wrk"), reason="Debian's wrk is not installed (./run.sh test installs it)")
+def test_service_variants_end_to_end(bench_repo, tmp_path):
+    root = tmp_path / "checkout"  # another copy of the code, as a git worktree of an older commit would be
+    for package in ("service", "rbn"):
+        shutil.copytree(Path(__file__).resolve().parents[2] / package, root / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    done = run_script("bench/service_variants.py", "--model-repository", str(bench_repo),
+                      "--variant", "one thread=--intra-op-threads 1", "--variant", f"checkout=@{root} --intra-op-threads 2",
+                      "--concurrency", "1,4", "--rounds", "2", "--warmup", "0", "--duration", "1", timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert out.startswith("## Service variants side by side")
+    assert f"checkout: `--intra-op-threads 2` from {root}" in out
+    rows = table(out, "variant")
+    assert [(r["variant"], r["concurrency"]) for r in rows] == [
+        ("one thread", "1"), ("checkout", "1"), ("one thread", "4"), ("checkout", "4")]
+    for r in rows:
+        positive(r["req/s"])
+        positive(r["p99 ms"])
+        assert 0 < positive(r["event-loop CPU per request (ms)"]) < 50
+        assert 0 < positive(r["ORT worker busy"]) <= 1.05
+        assert r["errors"] == "0"
+    bad = run_script("bench/service_variants.py", "--variant", "x=@/nonexistent", timeout=30)
+    assert bad.returncode == 2 and "holds no service/cli.py" in bad.stderr
