@@ -1,11 +1,12 @@
 """Service configurations (or code versions) side by side: throughput, p99, and where the CPU goes.
 
 For each round and each variant, in turn: start the service with the variant's flags, warm up,
-drive it with wrk (raw-body POST of one sample image) for a fixed time while reading the CPU time
-of its threads from /proc, stop it. Prints a Markdown table of medians over the rounds: req/s,
-p99, CPU of the event-loop thread per request (the process's main thread) and the share of the
-time the busiest other thread (the ONNX Runtime worker) was on a CPU. Interleaving the variants
-is what makes a comparison on a noisy machine fair.
+drive it with wrk (raw-body POST of one sample image to ``--route``) for a fixed time while reading
+the CPU time of its threads from /proc, stop it. Prints a Markdown table of medians over the
+rounds: req/s, p99, CPU of the event-loop thread per request (the process's main thread) and the
+CPU of all its other threads (ONNX Runtime's workers, idle decode threads) in cores. Interleaving
+the variants, in an order that rotates from round to round, is what makes a comparison on a
+noisy machine fair.
 
     python bench/service_variants.py --variant "1 thread=--intra-op-threads 1" \\
         --variant "2 threads=--intra-op-threads 2" --concurrency 4,16,64 --rounds 2
@@ -46,7 +47,7 @@ class Sample:
     per_s: float
     p99_ms: float
     loop_ms_per_request: float
-    worker_busy: float
+    other_threads_cores: float
     errors: int
 
 
@@ -86,11 +87,11 @@ def start(variant: Variant, repository: Path, log_dir: Path, timeout: float) -> 
     return server
 
 
-def measure(variant: Variant, wrk: Wrk, repository: Path, concurrency: int, warmup: int, duration: int,
+def measure(variant: Variant, wrk: Wrk, repository: Path, route: str, concurrency: int, warmup: int, duration: int,
             log_dir: Path, timeout: float) -> Sample:
     server = start(variant, repository, log_dir, timeout)
     try:
-        url = server.url + "/predict"
+        url = server.url + route
         if warmup > 0:
             wrk.run(url, concurrency, warmup)
         before, t0 = thread_cpu_s(server.pid), time.monotonic()
@@ -100,12 +101,12 @@ def measure(variant: Variant, wrk: Wrk, repository: Path, concurrency: int, warm
         server.stop()
     used = {tid: after[tid] - before.get(tid, 0.0) for tid in after}
     loop = used.pop(server.pid, 0.0)
-    worker = max(used.values(), default=0.0)
-    return Sample(load.per_s, load.p99_ms, 1000 * loop / max(1, load.requests), worker / wall, load.errors + load.non_2xx)
+    return Sample(load.per_s, load.p99_ms, 1000 * loop / max(1, load.requests), sum(used.values()) / wall,
+                  load.errors + load.non_2xx)
 
 
 def markdown(variants: list[Variant], levels: list[int], results: dict[tuple[str, int], list[Sample]], rounds: int) -> list[str]:
-    lines = ["| variant | concurrency | req/s | p99 ms | event-loop CPU per request (ms) | ORT worker busy | errors |",
+    lines = ["| variant | concurrency | req/s | p99 ms | event-loop CPU per request (ms) | other threads (cores) | errors |",
              "|---|---|---|---|---|---|---|"]
     for level in levels:
         for v in variants:
@@ -115,10 +116,11 @@ def markdown(variants: list[Variant], levels: list[int], results: dict[tuple[str
                 return statistics.median(getattr(s, field) for s in samples)
 
             lines.append(f"| {v.name} | {level} | {med('per_s'):.0f} | {med('p99_ms'):.1f} | "
-                         f"{med('loop_ms_per_request'):.3f} | {med('worker_busy'):.2f} | "
+                         f"{med('loop_ms_per_request'):.3f} | {med('other_threads_cores'):.2f} | "
                          f"{sum(s.errors for s in samples)} |")
     lines.append("")
-    lines.append(f"Medians over {rounds} interleaved round(s); per round, each variant ran in turn at each level.")
+    lines.append(f"Medians over {rounds} interleaved round(s); per round, each variant ran in turn at each level "
+                 "(the order rotating from round to round).")
     return lines
 
 
@@ -127,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", type=parse_variant, action="append", required=True,
                         help="NAME=FLAGS for `rbn-serve serve` (FLAGS may start with @DIR: run from that checkout)")
     parser.add_argument("--model-repository", type=Path, default=ROOT / "models")
+    parser.add_argument("--route", default="/predict", help="path and query POSTed to, e.g. /ab or /predict?model=NAME")
     parser.add_argument("--concurrency", type=parse_ints, default=[16])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=3)
@@ -145,16 +148,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rbn-variants-") as tmp:
         for r in range(args.rounds):
             for level in args.concurrency:
-                for v in args.variant:
-                    sample = measure(v, wrk, args.model_repository.resolve(), level, args.warmup, args.duration,
-                                     Path(tmp), args.ready_timeout)
+                shift = r % len(args.variant)
+                for v in args.variant[shift:] + args.variant[:shift]:
+                    sample = measure(v, wrk, args.model_repository.resolve(), args.route, level, args.warmup,
+                                     args.duration, Path(tmp), args.ready_timeout)
                     results[(v.name, level)].append(sample)
                     progress(f"round {r + 1} c={level} {v.name}: {sample.per_s:.0f} req/s, loop "
-                             f"{sample.loop_ms_per_request:.3f} ms/req, worker busy {sample.worker_busy:.2f}")
+                             f"{sample.loop_ms_per_request:.3f} ms/req, other threads {sample.other_threads_cores:.2f} cores")
     flags = "; ".join(f"{v.name}: `{' '.join(v.flags) or '(defaults)'}`{f' from {v.root}' if v.root != ROOT else ''}"
                       for v in args.variant)
     lines = header("Service variants side by side", packages=("onnxruntime", "fastapi", "uvicorn"),
-                   extra=[(f"Client: {wrk_version(args.wrk)}, `-t1`, raw-body POST of `{args.body.name}`; "
+                   extra=[(f"Client: {wrk_version(args.wrk)}, `-t1`, raw-body POST of `{args.body.name}` to `{args.route}`; "
                            f"{args.warmup} s warm-up then {args.duration} s per run; loopback"),
                           f"Variants: {flags}"])
     emit(lines + markdown(args.variant, args.concurrency, results, args.rounds), args.out)

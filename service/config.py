@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     providers: Literal["auto", "cuda", "cpu"] = "auto"
     """auto: CUDA when available, else CPU; cuda: CUDA or fail at start-up; cpu: CPU only."""
     intra_op_threads: int = Field(0, ge=0)
-    """ONNX Runtime threads per inference; 0 picks all CPUs on 1-2, else min(8, CPUs - 1), leaving a core to the HTTP loop."""
+    """ONNX Runtime threads per inference; 0 picks all CPUs on 1-2, else min(8, CPUs - 1) (one core left to the HTTP loop)."""
     cuda_device: int = Field(0, ge=0)
     """GPU index used by the CUDA provider."""
 

@@ -1,9 +1,9 @@
 """The hot request, one raw image POSTed to /predict, answered without FastAPI's routing,
 dependency and exception layers.
 
-Those layers cost about a quarter of the event loop's CPU per request on the 2-core VM
-(measured with wrk at concurrency 16: 0.33-0.43 ms vs 0.26 ms of event-loop CPU per request),
-and on two cores the event loop and ONNX Runtime compete for the same CPU. The answer is made by
+py-spy put those layers at about a quarter of the event loop's time per request; skipping them
+took the event loop's CPU per request from 0.229 to 0.190 ms on the 2-core VM (BENCHMARKS.md,
+bench/service_variants.py), CPU that ONNX Runtime's threads share. The answer is made by
 the same route function and the same error answers as FastAPI's; the request-metrics middleware
 still wraps it. Multipart bodies, other routes and other methods go through FastAPI.
 """
@@ -41,8 +41,7 @@ class RawPredict:
         return False
 
     async def __call__(self, scope, receive, send) -> None:
-        scope["app"] = self.app  # what FastAPI would set: the route reads app.state
-        scope["route"] = self.route  # the metrics' route label
+        scope["route"] = self.route  # the metrics' route label (Starlette has already set scope["app"])
         request = Request(scope, receive)
         try:
             response = await predict.predict(request)

@@ -31,9 +31,10 @@ def available_cpus() -> int:
 def default_threads(cpus: int | None = None) -> int:
     """Every core on one or two, else leave one core to the HTTP event loop; at most 8.
 
-    On the 2-core VM (wrk, shipped RBN model, idle-thread spinning off) 2 threads against 1 gave
-    the same throughput at concurrency 16 and 1.32x at 64 with a lower p99: the event loop needs
-    about 0.4 of a core, and a second ORT thread uses the rest. Tiny models gain nothing past 8.
+    On the 2-core VM (bench/service_variants.py, shipped models, idle-thread spinning off) 2
+    threads against 1 gave more throughput at concurrency 16 and 64 and ~6% less at 4 (figures in
+    BENCHMARKS.md): the event loop needs about 0.4 of a core, a second ORT thread uses the rest.
+    Tiny models gain nothing past 8.
     """
     cpus = available_cpus() if cpus is None else cpus
     return max(1, min(8, cpus if cpus <= 2 else cpus - 1))

@@ -114,7 +114,10 @@ class ServiceState:
             self._fail(f"loading models failed: {exc}")
             return
         if self.on_ready is not None:
-            self.on_ready()
+            try:
+                self.on_ready()
+            except Exception:  # tuning only: never keep a loaded service from turning ready
+                log.exception("start-up tuning failed; serving anyway")
         if self.phase == "loading":
             self.phase = "ready"
             log.info("ready: serving %s (primary %s)", ", ".join(sorted(self.models)), self.primary)

@@ -42,8 +42,7 @@ async def read_uploads(request: Request, settings: Settings) -> list[Upload]:
     content_type = request.headers.get("content-type", "")
     if is_raw_image(content_type):
         return [Upload(await request.body())]
-    media = content_type.partition(";")[0].strip().lower()
-    if media == "multipart/form-data":
+    if content_type.partition(";")[0].strip().lower() == "multipart/form-data":
         return await _multipart(request, settings)
     raise UnsupportedMediaType(
         f"Content-Type {content_type or '(none)'!r} is not supported; send an image as the body "

@@ -173,7 +173,7 @@ def test_serving_does_not_run_the_cyclic_gc(server, client, fmnist_samples):
 
 def test_raw_body_and_multipart_take_different_paths_to_the_same_answer(client, fmnist_samples):
     """A raw image body is answered past FastAPI's routing (service.fastpath), multipart through
-    it: answers, errors and the request metrics' route label must not tell them apart."""
+    it: answers, errors and the route label of the rejection counter must not tell them apart."""
     name, data, _ = fmnist_samples[3]
     raw = post_image(client, data, "application/octet-stream", top_k=5).json()["predictions"][0]
     multi = client.post("/predict", files=[("file", (name, data, "image/png"))], params={"top_k": 5}).json()
