@@ -2,7 +2,7 @@
 dependency and exception layers.
 
 py-spy put those layers at about a quarter of the event loop's time per request; skipping them
-took the event loop's CPU per request from 0.229 to 0.190 ms on the 2-core VM (BENCHMARKS.md,
+took the event loop's CPU per request from 0.246 to 0.193 ms on the 2-core VM (BENCHMARKS.md,
 bench/service_variants.py), CPU that ONNX Runtime's threads share. The answer is made by
 the same route function and the same error answers as FastAPI's; the request-metrics middleware
 still wraps it. Multipart bodies, other routes and other methods go through FastAPI.

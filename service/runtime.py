@@ -32,8 +32,8 @@ def default_threads(cpus: int | None = None) -> int:
     """Every core on one or two, else leave one core to the HTTP event loop; at most 8.
 
     On the 2-core VM (bench/service_variants.py, shipped models, idle-thread spinning off) 2
-    threads against 1 gave more throughput at concurrency 16 and 64 and ~6% less at 4 (figures in
-    BENCHMARKS.md): the event loop needs about 0.4 of a core, a second ORT thread uses the rest.
+    threads against 1 gave 8% more throughput at concurrency 16 and 24% more at 64, but 20% less
+    at 4 (BENCHMARKS.md): the event loop needs about 0.4 of a core, a second ORT thread uses the rest.
     Tiny models gain nothing past 8.
     """
     cpus = available_cpus() if cpus is None else cpus
