@@ -200,10 +200,11 @@ class ServerProcess(procs.ServerProcess):
         raise RuntimeError(f"no VmRSS for pid {self.pid}")
 
 
-def python_env(extra: dict | None = None) -> dict:
-    """Our environment with the repository importable and no RBN_SERVE_* settings leaking in."""
+def python_env(extra: dict | None = None, root: Path = ROOT) -> dict:
+    """Our environment with the repository (or another checkout, ``root``) importable and no
+    RBN_SERVE_* settings leaking in."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RBN_SERVE_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
     env.update(extra or {})
     return env
 

@@ -77,7 +77,8 @@ def session_line(runtimes: dict[str, ModelRuntime], threads: int) -> str:
     runtime = next(iter(runtimes.values()))
     return (f"Sessions: `service.runtime.ModelRuntime` (the service's own construction): providers "
             f"{runtime.providers}, intra-op threads {threads or default_threads()}"
-            f"{' (the service default: all CPUs on 1-2, else min(8, CPUs - 1))' if not threads else ''}, inter-op 1, ORT_ENABLE_ALL, "
+            f"{' (the service default: all CPUs on 1-2, else min(8, CPUs - 1))' if not threads else ''}, "
+            "inter-op 1, ORT_ENABLE_ALL, "
             "sequential, no spinning; timed through `ModelRuntime.run` (what the batcher calls)")
 
 

@@ -128,12 +128,13 @@ def start_naive(bundle_dir: Path, log_dir: Path, body: bytes, content_type: str,
 
 
 def start_service(repository: Path, providers: str, threads: int, extra: list[str], log_dir: Path,
-                  timeout: float) -> ServerProcess:
+                  timeout: float, root: Path = ROOT) -> ServerProcess:
+    """The service from ``root`` (this checkout by default); flags in ``extra`` win over the others."""
     port = free_port()
     args = [sys.executable, "-m", "service.cli", "serve", "--model-repository", str(repository.resolve()),
             "--host", "127.0.0.1", "--port", str(port), "--providers", providers, "--intra-op-threads", str(threads),
             "--log-level", "warning", *extra]
-    server = ServerProcess("service", args, port, log_dir / "service.log", python_env())
+    server = ServerProcess("service", args, port, log_dir / "service.log", python_env(root=root), cwd=root)
     server.wait_until(lambda: http("GET", server.url + "/readyz")[0] == 200, timeout)
     return server
 

@@ -29,8 +29,8 @@ from pathlib import Path
 
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import ROOT, SAMPLE_PNG, ServerProcess, emit, exit_on_sigterm, free_port, header, http, parse_ints, progress  # noqa: E402
-from bench.serve_bench import Wrk, wrk_version  # noqa: E402
+from bench.common import ROOT, SAMPLE_PNG, emit, exit_on_sigterm, header, parse_ints, progress  # noqa: E402
+from bench.serve_bench import Wrk, start_service, wrk_version  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -76,20 +76,9 @@ def thread_cpu_s(pid: int) -> dict[int, float]:
     return times
 
 
-def start(variant: Variant, repository: Path, log_dir: Path, timeout: float) -> ServerProcess:
-    port = free_port()
-    args = [sys.executable, "-m", "service.cli", "serve", "--model-repository", str(repository), "--host", "127.0.0.1",
-            "--port", str(port), "--providers", "cpu", "--log-level", "warning", *variant.flags]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RBN_SERVE_")}
-    env["PYTHONPATH"] = str(variant.root)
-    server = ServerProcess(variant.name, args, port, log_dir / "service.log", env, cwd=variant.root)
-    server.wait_until(lambda: http("GET", server.url + "/readyz")[0] == 200, timeout)
-    return server
-
-
 def measure(variant: Variant, wrk: Wrk, repository: Path, route: str, concurrency: int, warmup: int, duration: int,
             log_dir: Path, timeout: float) -> Sample:
-    server = start(variant, repository, log_dir, timeout)
+    server = start_service(repository, "cpu", 0, variant.flags, log_dir, timeout, root=variant.root)
     try:
         url = server.url + route
         if warmup > 0:

@@ -58,7 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
         metrics.rejected.labels(route.path if route is not None else UNMATCHED, code).inc()
 
     errors.install(app, on_reject)
-    app.add_middleware(ObserveRequests, state=state, fast=RawPredict(app, on_reject))
+    app.add_middleware(ObserveRequests, state=state, fast=RawPredict(on_reject))
     app.openapi = lambda: _openapi(app)
     return app
 

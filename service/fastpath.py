@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI
 from starlette.requests import ClientDisconnect, Request
 from starlette.routing import Route
 
@@ -26,8 +25,7 @@ PATH = "/predict"
 
 
 class RawPredict:
-    def __init__(self, app: FastAPI, on_reject: Rejected) -> None:
-        self.app = app
+    def __init__(self, on_reject: Rejected) -> None:
         self.on_reject = on_reject
         self.route = next(r for r in predict.router.routes if isinstance(r, Route) and r.path == PATH)
 

@@ -32,9 +32,14 @@ IMAGE_BODY = {
 }
 
 
+def media_type(content_type: str) -> str:
+    """'Image/PNG; x=y' -> 'image/png'."""
+    return content_type.partition(";")[0].strip().lower()
+
+
 def is_raw_image(content_type: str) -> bool:
     """A body that is one image: ``image/*`` or ``application/octet-stream`` (parameters ignored)."""
-    media = content_type.partition(";")[0].strip().lower()
+    media = media_type(content_type)
     return media.startswith("image/") or media == "application/octet-stream"
 
 
@@ -42,7 +47,7 @@ async def read_uploads(request: Request, settings: Settings) -> list[Upload]:
     content_type = request.headers.get("content-type", "")
     if is_raw_image(content_type):
         return [Upload(await request.body())]
-    if content_type.partition(";")[0].strip().lower() == "multipart/form-data":
+    if media_type(content_type) == "multipart/form-data":
         return await _multipart(request, settings)
     raise UnsupportedMediaType(
         f"Content-Type {content_type or '(none)'!r} is not supported; send an image as the body "

@@ -89,7 +89,7 @@ def test_an_unexpected_error_on_the_fast_path_is_a_logged_500_in_our_error_form(
     app.state.service = SimpleNamespace(model=lambda name: SimpleNamespace(name="m"), settings=Settings())
     app.state.plane = Broken()
     rejected = []
-    fast = RawPredict(app, lambda request, status, code: rejected.append((status, code)))
+    fast = RawPredict(lambda request, status, code: rejected.append((status, code)))
     sent = []
 
     async def receive():
