@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# One entry point for a fresh machine: installs what the project needs, then runs it.
+# One entry point for a fresh machine: installs what the command needs, then runs it.
 #   ./run.sh serve [rbn-serve serve flags...]   serve the shipped models on the CPU
 #   ./run.sh test  [pytest args...]             run the whole test suite
+#
+# `serve` installs only the service (pyproject's [project] dependencies: FastAPI, uvicorn, ONNX Runtime,
+# numpy, Pillow, ...; no torch) and no Debian package. `test` installs everything: the Debian packages
+# the tests use and the `train` and `dev` extras. Both use the same .venv; `test` after `serve` adds to it.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 VENV=${RBN_VENV:-.venv}
-APT_PACKAGES=(dataset-fashion-mnist prometheus haproxy wrk)
+# The test suite's Debian packages: the data set (training and evaluation tests), Prometheus (promtool and
+# the dashboard queries), HAProxy (the gateway config check) and wrk (benchmark tests). Serving needs none.
+TEST_APT_PACKAGES=(dataset-fashion-mnist prometheus haproxy wrk)
 
 install_debian_packages() {
   local missing=()
-  for pkg in "${APT_PACKAGES[@]}"; do
+  for pkg in "$@"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
@@ -21,28 +27,35 @@ install_debian_packages() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
-install_python() {
-  local extras=$1
-  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+make_venv() {
+  [ -x "$VENV/bin/python" ] && return 0
+  # Debian and Ubuntu ship `venv` without ensurepip unless python3-venv is installed.
+  if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    local minor
+    minor=$(python3 -c 'import sys; print(f"{sys.version_info.major}.{sys.version_info.minor}")')
+    install_debian_packages "python${minor}-venv"
+  fi
+  python3 -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  # torch==2.13.0 resolves to the CPU build on these machines (see README).
-  "$VENV/bin/python" -m pip install -q -e ".[$extras]"
 }
 
-install_everything() {
-  install_debian_packages
-  install_python "train,dev"
+# pip install -e ".[extras]" (editable: the checkout's code and models/ are what runs).
+install_python() {
+  make_venv
+  # torch==2.13.0 resolves to the CPU build on these machines (see README for other machines).
+  "$VENV/bin/python" -m pip install -q -e ".${1:+[$1]}"
 }
 
 cmd=${1:-}
 shift || true
 case "$cmd" in
   serve)
-    install_everything
+    install_python ""
     exec "$VENV/bin/rbn-serve" serve "$@"
     ;;
   test)
-    install_everything
+    install_debian_packages "${TEST_APT_PACKAGES[@]}"
+    install_python "train,dev"
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
   *)

@@ -1,5 +1,6 @@
 """``rbn-serve serve`` (flags mirror the settings; flags win over RBN_SERVE_* variables) and
-``rbn-serve validate <bundle-dir>...`` (one line per bundle; non-zero exit on a bad one)."""
+``rbn-serve validate <bundle-dir>...`` (one line per bundle; non-zero exit on a bad one),
+``rbn-serve models DIR`` (write the bundles shipped in the package into DIR) and ``rbn-serve --version``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from service.config import ENV_PREFIX, Settings
+from service.shipped import package_version, write_shipped_models
 
 
 def _flag_type(annotation):
@@ -28,7 +30,8 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         kind, choices = _flag_type(field.annotation)
-        help_text = f"{field.description or ''} [env {ENV_PREFIX}{name.upper()}, default {field.default}]"
+        default = field.get_default(call_default_factory=True)
+        help_text = f"{field.description or ''} [env {ENV_PREFIX}{name.upper()}, default {default}]"
         if kind is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
@@ -38,11 +41,14 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rbn-serve", description="Serve RBN image classifiers through ONNX Runtime.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="start the HTTP server")
     _add_setting_flags(serve)
     validate = commands.add_parser("validate", help="check bundle folders the way the server loads them")
     validate.add_argument("bundles", nargs="+", type=Path, metavar="BUNDLE_DIR")
+    models = commands.add_parser("models", help="write the model bundles shipped in the package into a folder")
+    models.add_argument("target", type=Path, metavar="DIR")
     return parser
 
 
@@ -57,6 +63,14 @@ def main(argv: list[str] | None = None) -> int:
         from service.validate import validate_dirs
 
         return validate_dirs(args.bundles)
+    if args.command == "models":
+        try:
+            names = write_shipped_models(args.target)
+        except (FileNotFoundError, FileExistsError) as exc:
+            print(f"rbn-serve: {exc}", file=sys.stderr)
+            return 1
+        print(f"wrote {', '.join(names)} to {args.target}")
+        return 0
     try:
         settings = _settings(args)
     except ValidationError as exc:

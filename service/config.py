@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.shipped import default_model_repository
+
 ENV_PREFIX = "RBN_SERVE_"
 
 
@@ -20,8 +22,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", use_attribute_docstrings=True)
 
     # --- model repository -------------------------------------------------------------------
-    model_repository: Path = Path("models")
-    """Folder of model bundles (`<name>/model.json`, `<name>/<version>/model.onnx`)."""
+    model_repository: Path = Field(default_factory=default_model_repository)
+    """Folder of model bundles (`<name>/model.json`, `<name>/<version>/model.onnx`); default: ./models if present, else the bundles shipped in the package."""
     primary_model: str | None = None
     """Model used when a request names none; default: the first RBN bundle by name."""
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import platform
 from collections.abc import Callable
 
+import onnxruntime
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+
+from service.shipped import package_version
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,10 @@ class Metrics:
         self.model_info = Gauge(name("model_info"), "Loaded models (value 1)",
                                 ["model", "version", "norm", "provider", "baseline"], registry=r)
         self.bundle_errors = Gauge(name("bundle_errors"), "Bundles in the repository that are not served", registry=r)
+        # The usual *_build_info pattern: value 1, what is running in the labels (pyproject's version).
+        self.build_info = Gauge(name("build_info"), "Version of rbn-serve, Python and ONNX Runtime (value 1)",
+                                ["version", "python", "onnxruntime"], registry=r)
+        self.build_info.labels(package_version(), platform.python_version(), onnxruntime.__version__).set(1)
         self._request_children: dict[tuple[str, str, int], tuple] = {}
         self._prediction_children: dict[tuple[str, str], tuple] = {}
 

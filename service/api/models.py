@@ -8,6 +8,7 @@ from service.api.deps import State
 from service.api.schemas import ErrorResponse, ModelInfo, ModelsResponse
 from service.middleware import MODEL_KEY
 from service.registry import LoadedModel
+from service.shipped import package_version
 from service.state import ServiceState
 
 router = APIRouter(tags=["models"])
@@ -38,6 +39,7 @@ def describe_model(model: LoadedModel, state: ServiceState) -> ModelInfo:
 @router.get("/models", response_model=ModelsResponse, summary="Models served")
 async def list_models(state: State) -> ModelsResponse:
     return ModelsResponse(
+        server_version=package_version(),
         primary=state.primary,
         models=[describe_model(m, state) for _, m in sorted(state.models.items())],
         unavailable=dict(state.errors),

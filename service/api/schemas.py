@@ -175,6 +175,7 @@ class ModelInfo(BaseModel):
 
 
 class ModelsResponse(BaseModel):
+    server_version: str = Field(description="rbn-serve's version (as in /v2 and rbn_serve_build_info)")
     primary: str | None
     models: list[ModelInfo]
     unavailable: dict[str, str] = Field(description="bundles found but not served, with the reason")
