@@ -1,4 +1,4 @@
-"""`rbn`: train, export, bundle and evaluate models (validate bundles with `rbn-serve validate`). Errors print one line."""
+"""`rbn`: train, fine-tune, export, bundle and evaluate models (validate bundles with `rbn-serve validate`). Errors print one line."""
 
 from __future__ import annotations
 
@@ -19,6 +19,25 @@ def _train(args) -> None:
     out = Path(args.out or f"runs/{args.arch}-{args.norm}-s{args.seed}")
     final = train(recipe, out, data_path=args.data, device=args.device)
     print(f"trained {out}: test accuracy {final['history'][-1]['test_accuracy']:.4f}")
+
+
+def _finetune(args) -> None:
+    import torch
+
+    from rbn.finetune import finetune, recipe_for
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    options = {"seed": args.seed, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "calibration_lr": args.calibration_lr}
+    options |= {"warmup_epochs": args.warmup_epochs, "train_samples": args.train_samples, "test_samples": args.test_samples}
+    recipe = recipe_for(args.checkpoint, **options)
+    out = Path(args.out or f"runs/{Path(args.checkpoint).stem}-ft-s{args.seed}")
+    keep = {int(k) for k in args.keep.split(",") if k.strip()} if args.keep else set()
+    final = finetune(recipe, out, resume=args.resume, keep=keep, stop_after=args.stop_after, data_path=args.data, device=args.device)
+    done = final["recipe"]["finetuned_epochs"]
+    accuracy = f": test accuracy {final['history'][-1]['test_accuracy']:.4f}" if final["history"] else ""
+    where = out / "final.pt" if done == recipe.epochs else out / "last.pt"
+    print(f"fine-tuned {done}/{recipe.epochs} epochs into {where}{accuracy}")
 
 
 def _export(args) -> None:
@@ -70,7 +89,12 @@ def _load_for_eval(source: Path) -> tuple[str, bytes, dict]:
 
     model, recipe = load_checkpoint(source)
     name = f"{recipe['arch']}-{recipe['norm']}-s{recipe['seed']}"
-    return name, export_onnx(model, input_shape=INPUT_SHAPE), {"norm": recipe["norm"], "seed": recipe["seed"]}
+    info = {"norm": recipe["norm"], "seed": recipe["seed"]}
+    if "finetuned_epochs" in recipe:  # written by `rbn finetune`: say so, and do not pose as a from-scratch run
+        name = f"{recipe['arch']}-{recipe['norm']}-ft-s{recipe['seed']}-e{recipe['finetuned_epochs']}"
+        keys = ("source", "source_sha256", "source_seed", "epochs", "finetuned_epochs", "lr", "calibration_lr")
+        info["finetune"] = {k: recipe.get(k) for k in keys}
+    return name, export_onnx(model, input_shape=INPUT_SHAPE), info
 
 
 def _report(args) -> None:
@@ -96,6 +120,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--out", help="run folder (default runs/<arch>-<norm>-s<seed>)")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("finetune", help="BN checkpoint -> RBN (function-preserving) -> brief fine-tune (--resume to continue)")
+    p.add_argument("checkpoint", help="a BN checkpoint written by `rbn train`")
+    p.add_argument("--seed", type=int, default=0, help="data order and augmentation")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--lr", type=float, default=0.01, help="peak learning rate (cosine to 0)")
+    p.add_argument("--calibration-lr", type=float, help="peak learning rate of w_m, w_v, w_b (default: --lr)")
+    p.add_argument("--warmup-epochs", type=float, default=0.0)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--keep", default="0", help="comma-separated epochs to keep as OUT/epoch-K.pt (0: converted, not fine-tuned)")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT (else an existing run is an error)")
+    p.add_argument("--stop-after", type=int, help="stop after this epoch (resume later)")
+    p.add_argument("--train-samples", type=int, help="first N training images only (smoke tests)")
+    p.add_argument("--test-samples", type=int, help="first N test images for the per-epoch accuracy")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    p.add_argument("--out", help="run folder (default runs/<checkpoint stem>-ft-s<seed>)")
+    p.set_defaults(func=_finetune)
 
     p = sub.add_parser("export", help="checkpoint -> ONNX (logits, rbn_stats)")
     p.add_argument("checkpoint")
@@ -134,9 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     errors: tuple[type[Exception], ...] = (DatasetError, BundleError, FileNotFoundError)
     try:
+        from rbn.finetune import FinetuneError
         from rbn.release import CheckpointError
 
-        errors += (CheckpointError,)
+        errors += (CheckpointError, FinetuneError)
     except ImportError:  # torch not installed: only the torch-free commands work
         pass
     try:

@@ -72,6 +72,84 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     return 0.5 * peak * (1 + math.cos(math.pi * progress))
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """Linear warm-up then cosine decay to 0 over all epochs; one peak lr per optimizer param group."""
+
+    steps_per_epoch: int
+    epochs: int
+    warmup_steps: int
+    peaks: tuple[float, ...]
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+        total = self.steps_per_epoch * self.epochs
+        for group, peak in zip(optimizer.param_groups, self.peaks, strict=True):
+            group["lr"] = lr_at(step, total, self.warmup_steps, peak)
+
+
+@dataclass(frozen=True)
+class Tensors:
+    """Normalised Fashion-MNIST: training set on the CPU (augmented per batch), test set on the device."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """'auto' is CUDA when present, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_tensors(dev: torch.device, data_path: str | None = None) -> Tensors:
+    train_split, test_split = fmnist.load_split("train", data_path), fmnist.load_split("test", data_path)
+    return Tensors(
+        torch.from_numpy(fmnist.normalize(train_split.images)),
+        torch.from_numpy(train_split.labels),
+        torch.from_numpy(fmnist.normalize(test_split.images)).to(dev),
+        torch.from_numpy(test_split.labels).to(dev),
+    )
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    data: Tensors,
+    epoch: int,
+    batch_size: int,
+    crop_padding: int,
+    generator: torch.Generator,
+    desc: str = "",
+    progress: bool = True,
+) -> float:
+    """One pass over a fresh permutation of the training set (the ragged last batch dropped).
+
+    Returns the running (exponentially smoothed) training loss at the end of the epoch.
+    """
+    from tqdm import tqdm
+
+    dev = data.x_test.device
+    model.train()
+    order = torch.randperm(len(data.x_train), generator=generator)
+    bar = tqdm(range(schedule.steps_per_epoch), desc=desc, disable=not progress)
+    running = 0.0
+    for step_in_epoch in bar:
+        schedule.apply(optimizer, epoch * schedule.steps_per_epoch + step_in_epoch)
+        idx = order[step_in_epoch * batch_size : (step_in_epoch + 1) * batch_size]
+        xb = augment(data.x_train[idx], crop_padding, generator).to(dev, memory_format=torch.channels_last)
+        loss = F.cross_entropy(model(xb), data.y_train[idx].to(dev))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        running = 0.98 * running + 0.02 * loss.item() if step_in_epoch else loss.item()
+        bar.set_postfix(loss=f"{running:.3f}")
+    return running
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
     model.eval()
@@ -81,25 +159,26 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / len(x)
 
 
+def save_atomic(state: dict, path: Path) -> None:
+    """torch.save through a temporary file, so an interrupted save never corrupts ``path``."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
 def train(recipe: Recipe, out_dir: Path, data_path: str | None = None, device: str = "auto", progress: bool = True) -> dict:
     """Train (or resume) into ``out_dir``: last.pt after each epoch, final.pt and log at the end."""
-    from tqdm import tqdm
-
     out_dir.mkdir(parents=True, exist_ok=True)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
-    train_split, test_split = fmnist.load_split("train", data_path), fmnist.load_split("test", data_path)
-    x_train = torch.from_numpy(fmnist.normalize(train_split.images))
-    y_train = torch.from_numpy(train_split.labels)
-    x_test = torch.from_numpy(fmnist.normalize(test_split.images)).to(dev)
-    y_test = torch.from_numpy(test_split.labels).to(dev)
+    dev = pick_device(device)
+    data = load_tensors(dev, data_path)
 
     seed_everything(recipe.seed)
     # channels_last: about 1.3x faster training on the CPU here (oneDNN convolutions).
     model = build(recipe.arch, recipe.norm, in_channels=1, num_classes=10).to(dev, memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(param_groups(model, recipe.weight_decay), lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
-    steps_per_epoch = len(x_train) // recipe.batch_size  # drop the ragged last batch
-    total_steps = steps_per_epoch * recipe.epochs
-    warmup = int(recipe.warmup_epochs * steps_per_epoch)
+    groups = param_groups(model, recipe.weight_decay)
+    optimizer = torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
+    steps_per_epoch = len(data.x_train) // recipe.batch_size  # drop the ragged last batch
+    schedule = Schedule(steps_per_epoch, recipe.epochs, int(recipe.warmup_epochs * steps_per_epoch), (recipe.lr,) * len(groups))
     generator = torch.Generator().manual_seed(recipe.seed)
     start_epoch, history = 0, []
 
@@ -117,32 +196,17 @@ def train(recipe: Recipe, out_dir: Path, data_path: str | None = None, device: s
         start_epoch, history = state["epoch"], state["history"]
 
     for epoch in range(start_epoch, recipe.epochs):
-        model.train()
         started = time.monotonic()
-        order = torch.randperm(len(x_train), generator=generator)
-        bar = tqdm(range(steps_per_epoch), desc=f"{recipe.norm} seed {recipe.seed} epoch {epoch + 1}/{recipe.epochs}", disable=not progress)
-        running = 0.0
-        for step_in_epoch in bar:
-            step = epoch * steps_per_epoch + step_in_epoch
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total_steps, warmup, recipe.lr)
-            idx = order[step_in_epoch * recipe.batch_size : (step_in_epoch + 1) * recipe.batch_size]
-            xb = augment(x_train[idx], recipe.crop_padding, generator).to(dev, memory_format=torch.channels_last)
-            loss = F.cross_entropy(model(xb), y_train[idx].to(dev))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            running = 0.98 * running + 0.02 * loss.item() if step_in_epoch else loss.item()
-            bar.set_postfix(loss=f"{running:.3f}")
-        test_acc = accuracy(model, x_test, y_test)
+        desc = f"{recipe.norm} seed {recipe.seed} epoch {epoch + 1}/{recipe.epochs}"
+        running = train_epoch(model, optimizer, schedule, data, epoch, recipe.batch_size, recipe.crop_padding, generator, desc, progress)
+        test_acc = accuracy(model, data.x_test, data.y_test)
         history.append({"epoch": epoch + 1, "loss": running, "test_accuracy": test_acc, "seconds": time.monotonic() - started})
         print(json.dumps(history[-1]), flush=True)
         state = {
             "recipe": asdict(recipe), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "history": history,
         }  # fmt: skip
-        torch.save(state, out_dir / "last.tmp")
-        (out_dir / "last.tmp").replace(checkpoint_path)  # atomic: an interrupted save never corrupts last.pt
+        save_atomic(state, checkpoint_path)
 
     final = {"recipe": asdict(recipe), "model": model.state_dict(), "history": history}
     torch.save(final, out_dir / "final.pt")
