@@ -2,6 +2,7 @@
 
     python image_requirements.py cpu [pyproject.toml]   # [project] dependencies, verbatim
     python image_requirements.py gpu [pyproject.toml]   # the same with onnxruntime swapped for the `gpu` extra
+    python image_requirements.py gpu-host [pyproject.toml]  # gpu without the CUDA/cuDNN wheels (the host has them)
     python image_requirements.py lock [pyproject.toml]  # resolve both lists with pip -> docker/constraints.txt
 
 `onnxruntime` and `onnxruntime-gpu` install the same `onnxruntime` package, so one environment must hold
@@ -43,14 +44,19 @@ def split(requirement: str) -> tuple[str, str, str]:
     return canonical(match.group(1)), match.group(2) or "", match.group(3).strip()
 
 
+VARIANTS = ("cpu", "gpu", "gpu-host")
+
+
 def requirements(pyproject: dict, variant: str) -> list[str]:
-    """The requirement lines an image of ``variant`` (cpu | gpu) installs."""
+    """The requirement lines an image of ``variant`` installs: cpu | gpu, or gpu-host (gpu without the
+    CUDA and cuDNN wheels, for bench/gpu_check.sh on a machine whose CUDA libraries come from elsewhere)."""
     project = pyproject["project"]
     base = list(project["dependencies"])
     if variant == "cpu":
         return base
-    if variant != "gpu":
-        raise ValueError(f"unknown variant {variant!r}; valid: cpu, gpu")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    runtime_extras = GPU_RUNTIME_EXTRAS if variant == "gpu" else ()
     if CPU_RUNTIME not in {split(r)[0] for r in base}:
         raise ValueError(f"[project] dependencies no longer name {CPU_RUNTIME!r}; update docker/image_requirements.py")
     gpu_extra = project.get("optional-dependencies", {}).get("gpu", [])
@@ -60,7 +66,7 @@ def requirements(pyproject: dict, variant: str) -> list[str]:
         name, _extras, rest = split(requirement)
         if name == GPU_RUNTIME:
             found = True
-            requirement = f"{GPU_RUNTIME}[{','.join(GPU_RUNTIME_EXTRAS)}]{rest}"
+            requirement = f"{GPU_RUNTIME}[{','.join(runtime_extras)}]{rest}" if runtime_extras else f"{GPU_RUNTIME}{rest}"
         out.append(requirement)
     if not found:
         raise ValueError(f"the `gpu` extra in pyproject.toml does not name {GPU_RUNTIME!r}")
@@ -99,7 +105,7 @@ def lock(pyproject: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("cpu", "gpu", "lock") or len(argv) > 2:
+    if not argv or argv[0] not in (*VARIANTS, "lock") or len(argv) > 2:
         print(__doc__, file=sys.stderr)
         return 2
     path = Path(argv[1] if len(argv) > 1 else "pyproject.toml")

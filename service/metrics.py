@@ -161,31 +161,43 @@ class _LiveCollector:
 
 
 class _GpuCollector:
+    """NVML readings are per GPU, not per process: replicas sharing a GPU all report the same figures.
+    ``uuid`` names the GPU across replicas, containers and hosts (``gpu``, the index this process sees,
+    is 0 in every single-GPU container), so dashboards and alerts aggregate ``by (uuid)``."""
+
     def __init__(self) -> None:
         import pynvml  # nvidia-ml-py, only with the gpu extra
 
         pynvml.nvmlInit()
         self._nvml = pynvml
         self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        self._labels = [[str(i), _text(pynvml.nvmlDeviceGetUUID(h))] for i, h in enumerate(self._handles)]
 
     def describe(self):
         return []
 
     def collect(self):
         nvml = self._nvml
-        util = GaugeMetricFamily(f"{PREFIX}_gpu_utilization_ratio", "GPU busy fraction over the last sample period",
-                                 labels=["gpu"])
-        used = GaugeMetricFamily(f"{PREFIX}_gpu_memory_used_bytes", "GPU memory in use", labels=["gpu"])
-        total = GaugeMetricFamily(f"{PREFIX}_gpu_memory_total_bytes", "GPU memory size", labels=["gpu"])
-        for i, handle in enumerate(self._handles):
+        labels = ["gpu", "uuid"]
+        util = GaugeMetricFamily(f"{PREFIX}_gpu_utilization_ratio",
+                                 "GPU busy fraction over the last sample period (the whole GPU, every process)", labels=labels)
+        used = GaugeMetricFamily(f"{PREFIX}_gpu_memory_used_bytes", "GPU memory in use (the whole GPU, every process)",
+                                 labels=labels)
+        total = GaugeMetricFamily(f"{PREFIX}_gpu_memory_total_bytes", "GPU memory size", labels=labels)
+        for handle, values in zip(self._handles, self._labels, strict=True):
             try:
                 rates = nvml.nvmlDeviceGetUtilizationRates(handle)
                 memory = nvml.nvmlDeviceGetMemoryInfo(handle)
             except nvml.NVMLError:
                 continue
-            util.add_metric([str(i)], rates.gpu / 100.0)
-            used.add_metric([str(i)], memory.used)
-            total.add_metric([str(i)], memory.total)
+            util.add_metric(values, rates.gpu / 100.0)
+            used.add_metric(values, memory.used)
+            total.add_metric(values, memory.total)
         yield util
         yield used
         yield total
+
+
+def _text(value: str | bytes) -> str:
+    """nvidia-ml-py returns str; releases before 11.5 returned bytes."""
+    return value.decode() if isinstance(value, bytes) else value

@@ -14,7 +14,7 @@ from service.errors import ModelNotFound, NotReady
 from service.metrics import LiveState, Metrics
 from service.registry import LoadedModel, choose_primary, load_all
 from service.repository import scan
-from service.runtime import available_cpus, provider_list
+from service.runtime import ModelRuntime, ProviderError, available_cpus, provider_list
 from service.shadow import Shadow
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,27 @@ class ServiceState:
         norms = {b.name: b.meta.norm for b in found.bundles}
         if choose_primary(norms, settings.primary_model) is None:
             raise StartupError(f"primary model {settings.primary_model!r} is not among the valid bundles {sorted(norms)}")
+        if settings.providers == "cuda":
+            self._check_cuda_session(found.bundles)
         self.metrics.bundle_errors.set(len(self.errors))
         self._bundles = found.bundles
+
+    def _check_cuda_session(self, bundles: list) -> None:
+        """providers=cuda: onnxruntime-gpu lists CUDA as available with no GPU or driver at all; only a
+        session shows whether it runs on CUDA. Create one (no warm-up) before the listener opens, so a
+        GPU image without a usable GPU exits at once instead of after it started answering."""
+        settings = self.settings
+        failures = []
+        for bundle in bundles:
+            try:
+                ModelRuntime(bundle.meta, bundle.onnx_file, "cuda", settings.intra_op_threads, settings.cuda_device)
+            except ProviderError as exc:
+                raise StartupError(str(exc)) from None
+            except Exception as exc:  # this bundle may be broken (the loader reports it): try the next one
+                failures.append(f"{bundle.name}: {str(exc).partition(chr(10))[0]}")
+                continue
+            return
+        raise StartupError(f"providers=cuda but no bundle gets a CUDA session: {'; '.join(failures)}")
 
     async def start(self) -> None:
         """``prepare``, then load and warm up in the background; readiness turns true when done."""

@@ -130,6 +130,28 @@ def test_prometheus_and_gateway_find_every_replica_on_the_image_port(gpu_config)
     assert re.search(r"bind :8000\b", cfg)
 
 
+def haproxy_seconds(value: str) -> float:
+    """HAProxy time: a number with an optional unit; milliseconds when there is none."""
+    number, unit = re.fullmatch(r"(\d+)(us|ms|s|m|h|d)?", value).groups()
+    return int(number) * {"us": 1e-6, "ms": 1e-3, None: 1e-3, "s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+
+
+def test_drain_delay_outlasts_the_gateway_marking_a_replica_down(gpu_config):
+    """After SIGTERM /readyz turns 503 at once; HAProxy routes to the replica until `fall` checks in a row
+    failed: the next check comes up to `inter` later, the following ones `fastinter` apart. The replica must
+    keep serving (drain delay) at least that long, plus a second for requests already sent its way."""
+    line = next(ln for ln in (DOCKER / "haproxy/haproxy.cfg").read_text().splitlines()
+                if ln.strip().startswith("default-server"))
+    words = line.split()
+    opts = {k: v for k, v in zip(words, words[1:], strict=False)}
+    inter = haproxy_seconds(opts["inter"])
+    fastinter = haproxy_seconds(opts.get("fastinter", opts["inter"]))
+    mark_down = inter + (int(opts.get("fall", "3")) - 1) * fastinter
+    assert mark_down == 3.0  # inter 2s, fastinter 1s, fall 2 - what docs/deployment.md quotes
+    drain = float(gpu_config["services"]["api"]["environment"]["RBN_SERVE_DRAIN_DELAY_S"])
+    assert drain >= mark_down + 1, f"the replica stops accepting {mark_down + 1 - drain:.1f} s before the gateway notices"
+
+
 def test_haproxy_config_is_valid():
     done = run([tool("haproxy"), "-c", "-f", str(DOCKER / "haproxy/haproxy.cfg")])
     assert done.returncode == 0, done.stdout + done.stderr

@@ -73,6 +73,17 @@ def test_gpu_image_registers_and_checks_the_cuda_libraries():
     assert "RBN_SERVE_PROVIDERS" in img.env and "check_gpu_libs" not in " ".join(resolve_image("cpu").runs)
 
 
+def test_gpu_image_requires_a_driver_for_its_cuda_major():
+    """NVIDIA_REQUIRE_CUDA names the CUDA major of the CUDA runtime wheel the image installs (constraints.txt),
+    so the container toolkit refuses an older driver with a clear message; the docs quote the same major."""
+    pins = dict(line.split("==") for line in (DOCKER / "constraints.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    major = pins["nvidia-cuda-runtime"].split(".")[0]
+    assert resolve_image("gpu").env["NVIDIA_REQUIRE_CUDA"].strip('"') == f"cuda>={major}.0"
+    assert "NVIDIA_REQUIRE_CUDA" not in resolve_image("cpu").env
+    assert f"cuda>={major}.0" in (ROOT / "docs" / "deployment.md").read_text()
+
+
 def test_base_images_are_pinned():
     _args, stages = parse_dockerfile()
     for stage in stages:

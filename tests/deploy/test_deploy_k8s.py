@@ -3,11 +3,12 @@ and the pieces agree with each other, with the image and with the service's drai
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
-from deploy_support import K8S, resolve_image
+from deploy_support import K8S, ROOT, resolve_image
 
 from service.config import Settings
 
@@ -110,7 +111,34 @@ def test_termination_grace_covers_the_service_drain():
     assert drain >= 3, "endpoints need a few seconds to drop the pod after SIGTERM; the drain delay bridges that"
     assert spec["terminationGracePeriodSeconds"] >= drain + graceful + 5
     assert "lifecycle" not in container(), "the drain delay is the preStop; both would add up"
-    assert by_kind("Deployment")[0]["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_the_hpa_alone_sets_the_replica_count():
+    (dep,) = by_kind("Deployment")
+    (hpa,) = by_kind("HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
+    assert "replicas" not in dep["spec"], "every kubectl apply would reset the HPA's count to spec.replicas"
+
+
+def test_a_rollout_needs_no_spare_gpu_and_keeps_a_pod_serving():
+    (dep,) = by_kind("Deployment")
+    (hpa,) = by_kind("HorizontalPodAutoscaler")
+    (pdb,) = by_kind("PodDisruptionBudget")
+    rolling = dep["spec"]["strategy"]["rollingUpdate"]
+    gpus = container()["resources"]["limits"]["nvidia.com/gpu"]
+    # Pods (hence GPUs) at once during a rollout: replicas + maxSurge. No surge: never more than the HPA holds.
+    assert rolling["maxSurge"] == 0 and gpus == 1
+    assert rolling["maxUnavailable"] == 1
+    assert hpa["spec"]["minReplicas"] - rolling["maxUnavailable"] >= 1, "a rollout would take every pod down"
+    assert pdb["spec"]["maxUnavailable"] == rolling["maxUnavailable"]
+
+
+def test_image_tag_is_the_project_version():
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        version = tomllib.load(f)["project"]["version"]
+    kust = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert kust["images"][0]["newTag"] == f"{version}-gpu"
+    assert container()["image"] == f"rbn-serve:{version}-gpu"
 
 
 def test_hpa_scales_on_the_metric_the_adapter_serves():

@@ -152,6 +152,7 @@ def service_metrics(monkeypatch_module):
     fake.nvmlShutdown = lambda: None
     fake.nvmlDeviceGetCount = lambda: 1
     fake.nvmlDeviceGetHandleByIndex = lambda i: f"gpu{i}"
+    fake.nvmlDeviceGetUUID = lambda handle: f"GPU-00000000-0000-0000-0000-00000000000{handle[-1]}"
     fake.__getattr__ = lambda name: reading  # any other nvmlDeviceGet* reading
     monkeypatch_module.setitem(sys.modules, "pynvml", fake)
     from service.metrics import Metrics

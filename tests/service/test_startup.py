@@ -125,3 +125,30 @@ def test_bundle_failing_at_warm_up_is_skipped_and_the_others_served(bundle_repo,
     assert validate.returncode == 1 and "Traceback" not in validate.stderr
     lines = validate.stdout.strip().splitlines()
     assert [line.split()[0] for line in lines] == ["OK", "FAIL"] and "batch of 2 failed" in lines[1]
+
+
+def test_cuda_listed_but_unusable_fails_before_listening(bundle_repo, monkeypatch, caplog):
+    """onnxruntime-gpu lists CUDAExecutionProvider with no GPU or driver; the session then runs on the CPU.
+    The listing is what is stood in for here (this machine's onnxruntime has no CUDA build); the session
+    is real. The start must fail in ``serve`` before uvicorn binds the port, with the one-line reason."""
+    import socket
+
+    import onnxruntime
+
+    from service import server
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine's onnxruntime has CUDA; the GPU check covers it")
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    listened = []
+    monkeypatch.setattr(server.DrainingServer, "run", lambda self, *a, **k: listened.append(True))
+    settings = Settings(model_repository=bundle_repo, providers="cuda", port=port)
+    with caplog.at_level("CRITICAL", logger="service.server"):
+        assert server.serve(settings) == 1
+    assert not listened, "uvicorn was started although providers=cuda cannot be met"
+    assert any("cannot start:" in r.getMessage() and "providers=cuda but the session runs on ['CPUExecutionProvider']"
+               in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
