@@ -66,7 +66,8 @@ def requirements(pyproject: dict, variant: str) -> list[str]:
         name, _extras, rest = split(requirement)
         if name == GPU_RUNTIME:
             found = True
-            requirement = f"{GPU_RUNTIME}[{','.join(runtime_extras)}]{rest}" if runtime_extras else f"{GPU_RUNTIME}{rest}"
+            extras = f"[{','.join(runtime_extras)}]" if runtime_extras else ""
+            requirement = f"{GPU_RUNTIME}{extras}{rest}"
         out.append(requirement)
     if not found:
         raise ValueError(f"the `gpu` extra in pyproject.toml does not name {GPU_RUNTIME!r}")

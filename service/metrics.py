@@ -180,7 +180,8 @@ class _GpuCollector:
         nvml = self._nvml
         labels = ["gpu", "uuid"]
         util = GaugeMetricFamily(f"{PREFIX}_gpu_utilization_ratio",
-                                 "GPU busy fraction over the last sample period (the whole GPU, every process)", labels=labels)
+                                 "GPU busy fraction over the last sample period (the whole GPU, every process)",
+                                 labels=labels)
         used = GaugeMetricFamily(f"{PREFIX}_gpu_memory_used_bytes", "GPU memory in use (the whole GPU, every process)",
                                  labels=labels)
         total = GaugeMetricFamily(f"{PREFIX}_gpu_memory_total_bytes", "GPU memory size", labels=labels)

@@ -149,7 +149,7 @@ def test_drain_delay_outlasts_the_gateway_marking_a_replica_down(gpu_config):
     mark_down = inter + (int(opts.get("fall", "3")) - 1) * fastinter
     assert mark_down == 3.0  # inter 2s, fastinter 1s, fall 2 - what docs/deployment.md quotes
     drain = float(gpu_config["services"]["api"]["environment"]["RBN_SERVE_DRAIN_DELAY_S"])
-    assert drain >= mark_down + 1, f"the replica stops accepting {mark_down + 1 - drain:.1f} s before the gateway notices"
+    assert drain >= mark_down + 1, f"the replica closes {mark_down + 1 - drain:.1f} s before the gateway notices"
 
 
 def test_haproxy_config_is_valid():

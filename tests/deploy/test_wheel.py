@@ -29,7 +29,8 @@ MODELS_PACKAGE = "rbn_serve_models"
 
 def step(args: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
     done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
-    assert done.returncode == 0, f"{' '.join(map(str, args))} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    command = " ".join(map(str, args))
+    assert done.returncode == 0, f"{command} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
 
 
@@ -60,7 +61,8 @@ def dist(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_twine_check_passes(dist):
-    done = step([sys.executable, "-m", "twine", "check", "--strict", str(dist["wheel"]), str(dist["sdist"])], timeout=120)
+    done = step([sys.executable, "-m", "twine", "check", "--strict", str(dist["wheel"]), str(dist["sdist"])],
+                timeout=120)
     assert done.stdout.count("PASSED") == 2, done.stdout
 
 
@@ -81,8 +83,10 @@ def test_wheel_holds_every_module_and_every_shipped_bundle_file(dist):
     with zipfile.ZipFile(dist["wheel"]) as whl:
         names = set(whl.namelist())
         for package in PACKAGES:
-            modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / package).rglob("*.py") if "__pycache__" not in p.parts}
-            assert modules and modules <= names, f"missing from the wheel: {sorted(modules - names)} (list the package in pyproject.toml)"
+            modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / package).rglob("*.py")
+                       if "__pycache__" not in p.parts}
+            missing = sorted(modules - names)
+            assert modules and not missing, f"missing from the wheel: {missing} (list the package in pyproject.toml)"
         # The bundles as they are in the copy that was built (models/ may change while a test session runs).
         models = dist["src"] / "models"
         files = [p for p in models.rglob("*") if p.is_file()]
