@@ -67,7 +67,6 @@ def test_inprocess_limit(bench_repo):
     assert f"- {RBN}: best " in out and f"- {BN}: best " in out
 
 
-@pytest.mark.skipif(not shutil.which("wrk"), reason="Debian's wrk is not installed (./run.sh test installs it)")
 def test_serve_bench_end_to_end(bench_repo, tmp_path):
     out_file = tmp_path / "serve.md"
     done = run_script("bench/serve_bench.py", "--model-repository", str(bench_repo), "--concurrency", "1,4",
@@ -178,7 +177,6 @@ def test_paused_job_resumes_when_the_benchmark_is_killed():
         job.wait()
 
 
-@pytest.mark.skipif(not shutil.which("wrk"), reason="Debian's wrk is not installed (./run.sh test installs it)")
 def test_service_variants_end_to_end(bench_repo, tmp_path):
     root = tmp_path / "checkout"  # another copy of the code, as a git worktree of an older commit would be
     for package in ("service", "rbn"):

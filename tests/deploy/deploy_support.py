@@ -40,11 +40,12 @@ INSTALL = {
 
 
 def tool(name: str) -> str:
-    """The tool's path, the virtual environment's copy first; skip (with the install command) when absent."""
+    """The tool's path, the virtual environment's copy first. A missing tool fails the test (with the
+    install command): `./run.sh test` installs every one, so its absence is a broken set-up, not a skip."""
     for candidate in (VENV_BIN / name, shutil.which(name), Path("/usr/sbin") / name):
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
-    pytest.skip(f"{name} is not installed: {INSTALL.get(name, name)}")
+    pytest.fail(f"{name} is not installed ({INSTALL.get(name, name)}); ./run.sh test installs it", pytrace=False)
 
 
 def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:

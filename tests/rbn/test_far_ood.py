@@ -14,7 +14,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_digits_are_28x28_uint8_light_on_dark():
-    pytest.importorskip("sklearn")
     images = load_digits_28()
     assert images.shape == (1797, 28, 28) and images.dtype == np.uint8
     assert images.max() == 255 and images.min() == 0
@@ -24,7 +23,7 @@ def test_digits_are_28x28_uint8_light_on_dark():
 
 
 def test_matches_the_8x8_source():
-    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    import sklearn.datasets as sklearn_datasets  # the train extra
     source = sklearn_datasets.load_digits().images
     images = load_digits_28()
     # The bright pixels of the 8x8 source land on bright pixels of the 28x28 image.

@@ -16,7 +16,8 @@ PROMETHEUS = Path("/usr/bin/prometheus")
 @pytest.fixture
 def prometheus(server, tmp_path):
     if not PROMETHEUS.exists():
-        pytest.skip("Debian's prometheus package is not installed")
+        pytest.fail("Debian's prometheus package is not installed (apt-get install -y prometheus); ./run.sh test installs it",
+                    pytrace=False)
     target = server.url.removeprefix("http://")
     config = tmp_path / "prometheus.yml"
     config.write_text(

@@ -10,6 +10,7 @@ import sys
 import httpx
 import pytest
 from pydantic import ValidationError
+from skip_policy import allowed_skip
 from svc_support import BN, BROKEN, RBN, ROOT, start_server, write_batch_one_bundle
 
 from service.cli import _settings, build_parser
@@ -37,7 +38,7 @@ def test_cuda_requested_without_cuda_fails_loudly(bundle_repo):
     import onnxruntime
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        pytest.skip("this machine has CUDA")
+        allowed_skip("cuda-present", "this machine has CUDA")
     result = serve(bundle_repo, "--providers", "cuda")
     assert result.returncode != 0
     assert "providers=cuda" in result.stderr
@@ -138,7 +139,7 @@ def test_cuda_listed_but_unusable_fails_before_listening(bundle_repo, monkeypatc
     from service import server
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        pytest.skip("this machine's onnxruntime has CUDA; the GPU check covers it")
+        allowed_skip("cuda-present", "this machine's onnxruntime has CUDA; the GPU check covers it")
     monkeypatch.setattr(onnxruntime, "get_available_providers",
                         lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     with socket.socket() as probe:
