@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -66,6 +68,51 @@ def split(outputs: Outputs, sizes: list[int]) -> list[Outputs]:
     return [tuple(o[a:b] for o in outputs) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
+class Workers(Executor):
+    """``count`` daemon threads that run submitted calls in order.
+
+    Unlike ThreadPoolExecutor, whose threads the interpreter joins at exit, a call that never
+    returns (a hung inference) cannot keep the process alive after ``shutdown(wait=False)``.
+    """
+
+    def __init__(self, count: int, name: str) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True) for i in range(count)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        self._jobs.put((future, fn, args, kwargs))
+        return future
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn, args, kwargs = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                future.set_exception(exc)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop each thread after its current call; with ``wait``, join them."""
+        if cancel_futures:
+            while True:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    job[0].cancel()
+        for _ in self._threads:
+            self._jobs.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+
 class Batcher:
     """Coalesce concurrent requests for one model into batches; ``run`` blocks and runs in a thread."""
 
@@ -87,6 +134,7 @@ class Batcher:
         self._free = instances
         self._closing = False
         self._forming: list[_Request] = []  # the batch being collected or waiting for a slot
+        self._executing: set[tuple[_Request, ...]] = set()  # batches handed to a worker, not finished
         self._task: asyncio.Task | None = None
 
     @property
@@ -98,12 +146,17 @@ class Batcher:
     def started(self) -> bool:
         return self._task is not None
 
+    @property
+    def abandoned(self) -> int:
+        """Batches still running in a worker thread after ``stop`` gave up on them."""
+        return len(self._executing) if self._closing else 0
+
     def start(self) -> None:
         """Create the queue, the wake-up event, the worker threads and the dispatcher, in the running loop."""
         self._loop = asyncio.get_running_loop()
         self._queue: deque[_Request] = deque()
         self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(self.instances, thread_name_prefix=f"ort-{self.name}")
+        self._executor = Workers(self.instances, f"ort-{self.name}")
         self._task = self._loop.create_task(self._dispatch_forever(), name=f"batcher-{self.name}")
 
     async def submit(self, x: np.ndarray) -> Result:
@@ -131,7 +184,9 @@ class Batcher:
                 request.future.cancel()
 
     async def stop(self, timeout_s: float = 30.0) -> None:
-        """Refuse new requests, let queued and running batches finish, then stop the workers."""
+        """Refuse new requests, let queued and running batches finish for up to ``timeout_s``, then stop
+        the workers. Whatever is still queued or running then gets ShuttingDown; a batch still running
+        keeps its (daemon) thread until it returns, but neither stop nor the process exit waits for it."""
         self._closing = True
         deadline = time.monotonic() + timeout_s
         while (self._queue or self._forming or self.running) and time.monotonic() < deadline:
@@ -145,7 +200,13 @@ class Batcher:
         self._queue.clear()
         self._forming = []
         self.queued_images = 0
-        self._executor.shutdown(wait=True)
+        for batch in self._executing:
+            log.error("model %s: a batch of %d request(s) still ran after %.1f s; answering them ShuttingDown",
+                      self.name, len(batch), timeout_s)
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(ShuttingDown(f"model {self.name} stopped before this request finished"))
+        self._executor.shutdown(wait=not self._executing, cancel_futures=True)
 
     # --- dispatcher ----------------------------------------------------------------------------
     async def _dispatch_forever(self) -> None:
@@ -202,12 +263,15 @@ class Batcher:
         try:
             x = merge([r.x for r in batch])
         except ValueError as exc:  # mismatched shapes: a bug upstream, answer rather than hang
-            self._finish(batch, started, _failed(exc))
+            self._finish(batch, started, (), _failed(exc))
             return
+        key = tuple(batch)
+        self._executing.add(key)
         done = self._loop.run_in_executor(self._executor, _timed, self._run, x)
-        done.add_done_callback(partial(self._finish, batch, started))
+        done.add_done_callback(partial(self._finish, batch, started, key))
 
-    def _finish(self, batch: list[_Request], started: float, done: asyncio.Future) -> None:
+    def _finish(self, batch: list[_Request], started: float, key: tuple[_Request, ...], done: asyncio.Future) -> None:
+        self._executing.discard(key)
         try:
             exc = done.exception()
             if exc is not None:

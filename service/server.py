@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import threading
 from types import FrameType
@@ -76,9 +77,15 @@ def serve(settings: Settings) -> int:
     app.state.service.on_ready = settle_heap
     server = DrainingServer(config, app.state.service, settings.drain_delay_s)
     server.run()
-    if server.failed or not server.started:
-        return 1
-    return 0
+    code = 1 if server.failed or not server.started else 0
+    unfinished = app.state.service.unfinished()
+    if unfinished:
+        # A thread still inside ONNX Runtime (a hung inference, a warm-up) would be torn down mid-call
+        # by the interpreter's exit, which aborts the process: leave at once, the log flushed.
+        log.warning("exiting with work still running: %s", "; ".join(unfinished))
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 def settle_heap() -> None:

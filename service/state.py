@@ -9,6 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
+from service.batching import Workers
 from service.config import Settings
 from service.errors import ModelNotFound, NotReady
 from service.metrics import LiveState, Metrics
@@ -43,6 +44,7 @@ class ServiceState:
         self.on_fatal: Callable[[str], None] | None = None  # set by the server runner to exit the process
         self.on_ready: Callable[[], None] | None = None  # set by the server runner: process-wide tuning
         self._loader: asyncio.Task | None = None
+        self._loading: asyncio.Future | None = None  # load_all in its (daemon) thread
         self._bundles: list | None = None
         metrics.register_live(self.live)
 
@@ -113,7 +115,11 @@ class ServiceState:
 
     async def _load(self, bundles) -> None:
         try:
-            models = await asyncio.to_thread(load_all, bundles, self.settings, self.metrics, self.errors)
+            # A daemon thread: a warm-up that hangs must not keep a stopped process alive (to_thread's is joined at exit).
+            workers = Workers(1, "load-models")
+            self._loading = asyncio.wrap_future(workers.submit(load_all, bundles, self.settings, self.metrics, self.errors))
+            workers.shutdown(wait=False)  # the thread ends after this one call
+            models = await asyncio.shield(self._loading)
             norms = {name: m.meta.norm for name, m in models.items()}
             primary = choose_primary(norms, self.settings.primary_model)
             if primary is None:
@@ -147,6 +153,12 @@ class ServiceState:
         log.critical(message)
         if self.on_fatal is not None:
             self.on_fatal(message)
+
+    def unfinished(self) -> list[str]:
+        """Work still running in a thread after ``stop``: a model load, batches that never returned."""
+        out = ["loading models"] if self._loading is not None and not self._loading.done() else []
+        out += [f"{n}: {m.batcher.abandoned} batch(es)" for n, m in sorted(self.models.items()) if m.batcher.abandoned]
+        return out
 
     async def wait_loaded(self) -> None:
         if self._loader is not None:

@@ -89,3 +89,58 @@ def write_batch_one_bundle(repo: Path, like: Path, name: str = "test-batch-one")
         fields.pop(key, None)
     fields.update(name=name, norm="bn", stats_layers=[f"layer{i}" for i in range(layers)])
     return write_bundle(repo, fields, model.SerializeToString())
+
+
+HANG = 1e12  # a pixel value that makes write_slow_bundle's graph loop about forever
+
+
+def write_slow_bundle(repo: Path, like: Path, name: str = "test-slow", extra_iterations: int = 0) -> Path:
+    """A valid bundle whose graph spins in an ONNX Loop for ``max(input) + extra_iterations`` steps
+    before answering: zeros (warm-up) run at once, an image holding ``HANG`` never finishes in any
+    test's lifetime, and ``extra_iterations=2**62`` makes the warm-up itself hang. How long it runs
+    is set by the test, not by how fast the machine is. ``like`` lends labels and input spec."""
+    import json
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    from rbn.bundle import write_bundle
+
+    fields = json.loads((like / "model.json").read_text())
+    labels, layers = len(fields["labels"]), 2
+    spec = fields["input"]
+    pixels = spec["channels"] * spec["height"] * spec["width"]
+    rng = np.random.default_rng(0)
+    f32 = TensorProto.FLOAT
+    weights = [numpy_helper.from_array(np.array(extra_iterations, np.int64), "extra"),
+               numpy_helper.from_array(np.array([0.0], np.float32), "zero"),
+               numpy_helper.from_array(rng.standard_normal((pixels, labels)).astype(np.float32), "w_logits"),
+               numpy_helper.from_array(rng.standard_normal((pixels, layers)).astype(np.float32), "w_stats")]
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Sin", ["v_in"], ["v_out"])],  # one cheap step
+        "spin",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", f32, [1])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", f32, [1])])
+    nodes = [helper.make_node("ReduceMax", [spec["name"]], ["peak"], keepdims=0),
+             helper.make_node("Cast", ["peak"], ["peak_steps"], to=TensorProto.INT64),
+             helper.make_node("Add", ["peak_steps", "extra"], ["steps"]),
+             helper.make_node("Loop", ["steps", "", "zero"], ["spun"], body=body),
+             helper.make_node("Mul", ["spun", "zero"], ["nothing"]),  # the outputs depend on the loop
+             helper.make_node("Flatten", [spec["name"]], ["flat"]),
+             helper.make_node("MatMul", ["flat", "w_logits"], ["scores"]),
+             helper.make_node("Add", ["scores", "nothing"], ["logits"]),
+             helper.make_node("MatMul", ["flat", "w_stats"], ["rbn_stats"])]
+    graph = helper.make_graph(
+        nodes, name, [helper.make_tensor_value_info(spec["name"], f32,
+                                                    ["batch", spec["channels"], spec["height"], spec["width"]])],
+        [helper.make_tensor_value_info("logits", f32, ["batch", labels]),
+         helper.make_tensor_value_info("rbn_stats", f32, ["batch", layers])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key in ("onnx_sha256", "ood", "evaluation", "provenance", "baseline"):
+        fields.pop(key, None)
+    fields.update(name=name, norm="bn", stats_layers=[f"layer{i}" for i in range(layers)])
+    return write_bundle(repo, fields, model.SerializeToString())

@@ -37,12 +37,20 @@ class Gate:
     def __call__(self, x: np.ndarray):
         self.sizes.append(len(x))
         self.entered.set()
-        self.open.wait(10)
+        self.open.wait(60)
         return x.sum(axis=(1, 2)), x[:, :1, 0]
 
 
 def run(coro):
     return asyncio.run(coro)
+
+
+async def until(condition, timeout: float = 10.0) -> None:
+    """Yield to the event loop until ``condition()`` holds (no fixed sleeps: the state decides)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the batcher"
+        await asyncio.sleep(0.001)
 
 
 async def busy_batcher(first: np.ndarray, **limits) -> tuple[Gate, Batcher, asyncio.Future]:
@@ -51,7 +59,7 @@ async def busy_batcher(first: np.ndarray, **limits) -> tuple[Gate, Batcher, asyn
     batcher = Batcher("m", gate, **limits)
     batcher.start()
     running = asyncio.ensure_future(batcher.submit(first))
-    await asyncio.to_thread(gate.entered.wait, 5)
+    await asyncio.to_thread(gate.entered.wait, 30)
     return gate, batcher, running
 
 
@@ -62,7 +70,7 @@ def test_lone_request_runs_at_once_and_later_ones_coalesce():
                                                   max_queue_delay_s=60.0, max_queue_size=64)
         assert gate.sizes == [1]
         rest = [asyncio.ensure_future(batcher.submit(np.full((n, 2, 2), n, np.float32))) for n in (2, 3, 1, 4)]
-        await asyncio.sleep(0.05)
+        await until(lambda: batcher.pending == 5 and batcher.queued_images < 10)  # the dispatcher has taken some
         assert batcher.queued_images == 4  # 2+3+1 already form the next batch; the 4 waits behind it
         gate.open.set()
         results = await asyncio.gather(first, *rest)
@@ -83,9 +91,9 @@ def test_queue_full_is_refused_at_once_with_retry_after():
         gate, batcher, running = await busy_batcher(np.zeros((2, 1, 1), np.float32), max_batch_size=2,
                                                     max_queue_delay_s=0.0, max_queue_size=2, retry_after_s=3)
         waiting = asyncio.ensure_future(batcher.submit(np.zeros((2, 1, 1), np.float32)))  # taken, waits for the slot
-        await asyncio.sleep(0.01)
+        await until(lambda: batcher.pending == 2 and batcher.queued_images == 0)
         queued = asyncio.ensure_future(batcher.submit(np.zeros((2, 1, 1), np.float32)))  # fills the queue
-        await asyncio.sleep(0.01)
+        await until(lambda: batcher.pending == 3)
         assert batcher.queued_images == 2
         with pytest.raises(QueueFull) as info:
             await batcher.submit(np.zeros((1, 1, 1), np.float32))
@@ -121,10 +129,10 @@ def test_cancelled_request_is_skipped_and_stop_drains():
                                                   max_queue_delay_s=0.0, max_queue_size=16)
         gone = asyncio.ensure_future(batcher.submit(np.zeros((3, 1, 1), np.float32)))
         kept = asyncio.ensure_future(batcher.submit(np.zeros((2, 1, 1), np.float32)))
-        await asyncio.sleep(0.01)
+        await until(lambda: batcher.pending == 3)
         gone.cancel()
-        stopping = asyncio.ensure_future(batcher.stop(5))
-        await asyncio.sleep(0.01)
+        stopping = asyncio.ensure_future(batcher.stop(30))
+        await asyncio.sleep(0)  # stop refuses new requests before its first await
         with pytest.raises(ShuttingDown):
             await batcher.submit(np.zeros((1, 1, 1), np.float32))
         gate.open.set()
@@ -139,13 +147,13 @@ def test_delay_applies_only_with_a_free_slot_while_another_runs():
     async def main():
         # idle runtime: no delay
         gate, batcher, first = await busy_batcher(np.zeros((1, 1, 1), np.float32), max_batch_size=8,
-                                                  max_queue_delay_s=1.0, max_queue_size=16, instances=2)
+                                                  max_queue_delay_s=2.0, max_queue_size=16, instances=2)
         gate.entered.clear()
         second = asyncio.ensure_future(batcher.submit(np.zeros((1, 1, 1), np.float32)))
-        await asyncio.sleep(0.05)
+        await until(lambda: batcher.pending == 2 and batcher.queued_images == 0)  # taken into the next batch
         assert gate.sizes == [1]  # a slot is free but the other runs: the batch waits for company
         third = asyncio.ensure_future(batcher.submit(np.zeros((1, 1, 1), np.float32)))
-        await asyncio.to_thread(gate.entered.wait, 5)  # the delay expires
+        await asyncio.to_thread(gate.entered.wait, 30)  # the delay expires
         assert gate.sizes == [1, 2]  # and the batch took the third request along
         gate.open.set()
         await asyncio.gather(first, second, third)
@@ -176,3 +184,41 @@ def test_real_runtime_batches_match_singles(bundle_repo):
         logits, stats = runtime.run(x[i : i + 1])
         np.testing.assert_allclose(r.outputs[0], logits, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(r.outputs[1], stats, rtol=1e-4, atol=1e-5)
+
+
+def test_stop_is_bounded_when_an_inference_hangs():
+    """A batch that never returns must not hold stop (or the interpreter's exit) past the timeout:
+    its requests get ShuttingDown, the worker thread is abandoned."""
+    release = threading.Event()
+    entered = threading.Event()
+
+    def hangs(x):
+        entered.set()
+        release.wait(120)  # "forever" for the test; released at the end so the thread ends
+        return x.sum(axis=(1, 2)), x[:, :1, 0]
+
+    outcome: dict = {}
+
+    async def main():
+        batcher = Batcher("m", hangs, max_batch_size=4, max_queue_delay_s=0.0, max_queue_size=8)
+        batcher.start()
+        stuck = asyncio.ensure_future(batcher.submit(np.zeros((1, 1, 1), np.float32)))
+        await asyncio.to_thread(entered.wait, 10)
+        queued = asyncio.ensure_future(batcher.submit(np.zeros((2, 1, 1), np.float32)))
+        started = time.monotonic()
+        await batcher.stop(0.3)
+        outcome["stop_s"] = time.monotonic() - started
+        outcome["results"] = await asyncio.gather(stuck, queued, return_exceptions=True)
+        outcome["workers"] = [t for t in threading.enumerate() if t.name.startswith("ort-m")]
+
+    # In a thread: a stop that blocks the event loop cannot be timed out from inside that loop.
+    runner = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    runner.start()
+    runner.join(20)
+    try:
+        assert not runner.is_alive(), "Batcher.stop blocked on the hung inference"
+        assert outcome["stop_s"] < 5
+        assert all(isinstance(r, ShuttingDown) for r in outcome["results"]), outcome["results"]
+        assert outcome["workers"] and all(t.daemon for t in outcome["workers"])  # cannot block the exit
+    finally:
+        release.set()
