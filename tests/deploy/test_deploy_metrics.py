@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
 import types
+from pathlib import Path
 
 import pytest
 import yaml
@@ -97,15 +99,29 @@ def send_traffic(url: str, meta: dict) -> None:
     assert http("POST", url + "/predict", b"not an image", {"Content-Type": "text/plain"})[0] == 415
 
 
+BROKEN = "broken-copy"  # a bundle whose model.json names another folder: skipped, counted in bundle_errors
+
+
 @pytest.fixture(scope="module")
-def server(source_repository, tmp_path_factory):
+def served_repository(source_repository, tmp_path_factory) -> Path:
+    """The source bundles plus one broken bundle, so that one alert (RbnServeBundleErrors) must fire."""
+    repo = tmp_path_factory.mktemp("served")
+    bundles = sorted(p for p in source_repository.iterdir() if (p / "model.json").exists())
+    for bundle in bundles:
+        shutil.copytree(bundle, repo / bundle.name)
+    shutil.copytree(bundles[0], repo / BROKEN)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def server(served_repository, tmp_path_factory):
     """The real server, after the traffic above; stopped (and its clean exit checked) at the end."""
     from rbn.corruptions import CORRUPTION_NAMES
 
     tmp = tmp_path_factory.mktemp("metrics")
     port = free_port()
     env = {"PATH": f"{VENV_BIN}:/usr/bin:/bin", "HOME": str(tmp), "LANG": "C.UTF-8",
-           "RBN_SERVE_MODEL_REPOSITORY": str(source_repository), "RBN_SERVE_HOST": "127.0.0.1",
+           "RBN_SERVE_MODEL_REPOSITORY": str(served_repository), "RBN_SERVE_HOST": "127.0.0.1",
            "RBN_SERVE_PORT": str(port), "RBN_SERVE_PROVIDERS": "cpu", "RBN_SERVE_SHADOW_FRACTION": "1.0"}
     server = Server([str(VENV_BIN / "rbn-serve"), "serve"], env, port, tmp / "server.log", cwd=tmp).wait_ready()
     try:
@@ -297,16 +313,31 @@ def grafana_to_promql(expr: str, rate_window: str = "10s") -> str:
     return re.sub(r"\$\w+", ".*", expr)
 
 
+def rules_without_for(out: Path) -> list[Path]:
+    """Copies of the alert rule files with every `for:` removed: an alert fires on the first evaluation
+    where its expression holds, within the seconds this test runs (the rules wait minutes)."""
+    paths = []
+    for path in sorted((PROMETHEUS / "rules").glob("*.yml")):
+        doc = yaml.safe_load(path.read_text())
+        for group in doc["groups"]:
+            for rule in group["rules"]:
+                rule.pop("for", None)
+        (out / path.name).write_text(yaml.safe_dump(doc))
+        paths.append(out / path.name)
+    return paths
+
+
 @pytest.fixture(scope="module")
 def prometheus(server, scrape, tmp_path_factory):
-    """Debian's prometheus on loopback, scraping the server every second, with our alert rules loaded."""
+    """Debian's prometheus on loopback, scraping the server every second, with our alert rules loaded
+    (without their `for:` durations)."""
     from deploy_support import tool
 
     binary = tool("prometheus")
     tmp = tmp_path_factory.mktemp("prometheus")
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(p) for p in sorted((PROMETHEUS / "rules").glob("*.yml"))],
+        "rule_files": [str(p) for p in rules_without_for(tmp)],
         "scrape_configs": [{"job_name": "rbn-serve", "static_configs": [{"targets": [server.url.removeprefix("http://")]}]}],
     }
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -357,17 +388,22 @@ def test_every_dashboard_query_returns_data_in_prometheus(prometheus):
     assert not empty, "panels that would show 'No data' after traffic:\n" + "\n".join(empty)
 
 
-def test_prometheus_loads_and_evaluates_every_rule(prometheus):
-    deadline = time.monotonic() + 10
+def test_prometheus_evaluates_every_rule_and_fires_exactly_the_true_alerts(prometheus):
+    """With the `for:` durations removed, the alerts that fire are exactly those whose condition holds:
+    the server skipped one broken bundle (RbnServeBundleErrors), and is otherwise healthy. Its traffic came
+    before the first scrape, so every rate Prometheus sees is 0 and no traffic or quality alert fires."""
+    deadline = time.monotonic() + 30
     while True:
         _status, body = http("GET", prometheus + "/api/v1/rules")
-        groups = json.loads(body)["data"]["groups"]
-        rules = [r for g in groups for r in g["rules"]]
-        if rules and all(r.get("lastEvaluation", "").startswith("20") for r in rules) or time.monotonic() > deadline:
+        rules = [r for g in json.loads(body)["data"]["groups"] for r in g["rules"]]
+        alerts = {r["name"]: r.get("state") for r in rules if r["type"] == "alerting"}
+        evaluated = rules and all(r.get("lastEvaluation", "").startswith("20") for r in rules)
+        if evaluated and alerts.get("RbnServeBundleErrors") == "firing" or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     assert len(rules) == len(rule_queries())
     unhealthy = {r["name"]: r.get("lastError") for r in rules if r["health"] != "ok"}
     assert not unhealthy, unhealthy
-    firing = [r["name"] for r in rules if r.get("state") == "firing"]
-    assert not firing, f"alerts firing on a healthy test server: {firing}"
+    assert {name: state for name, state in alerts.items() if state != "inactive"} == {"RbnServeBundleErrors": "firing"}
+    (bundle_errors,) = [r for r in rules if r["name"] == "RbnServeBundleErrors"]
+    assert [a["value"] for a in bundle_errors["alerts"]] == ["1e+00"]  # the one broken bundle

@@ -77,10 +77,23 @@ def test_export_is_deterministic_and_checker_clean(model, tmp_path):
     assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch axis
 
 
-def test_folded_graph_is_leaner_than_unfolded():
-    model = randomized("rbn")
-    nodes = lambda d: len(onnx.load_from_string(d).graph.node)  # noqa: E731
-    assert nodes(export_onnx(model, folded=True)) < nodes(export_onnx(model, folded=False))
+@pytest.mark.parametrize("norm", ["rbn", "bn"])
+def test_every_conv_norm_pair_is_folded(norm):
+    """All 21 conv -> norm pairs of ResNet-20 fold: no BatchNormalization node is left, and the convs
+    are the model's own 21 (counted by op type, not total nodes, so extra outputs do not matter)."""
+    from rbn.fold import fold_model
+
+    model = randomized(norm)
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    assert convs == 21
+    assert fold_model(model, torch.randn(2, 1, 28, 28))[1] == convs
+
+    def ops(folded: bool) -> dict[str, int]:
+        graph = onnx.load_from_string(export_onnx(model, folded=folded)).graph
+        return {op: sum(n.op_type == op for n in graph.node) for op in ("BatchNormalization", "Conv")}
+
+    assert ops(folded=False) == {"BatchNormalization": convs, "Conv": convs}
+    assert ops(folded=True) == {"BatchNormalization": 0, "Conv": convs}
 
 
 def test_stats_layer_names_follow_forward_order(model):

@@ -44,14 +44,57 @@ def test_shipped_sample_is_classified_like_the_test_set(shipped):
     assert flagged / len(samples) <= 0.2  # threshold at the clean 95th percentile
 
 
-def test_ab_on_a_corrupted_sample_reports_both_arms_and_a_winner(shipped):
+def ab_counters(client) -> dict[tuple[str, ...], float]:
+    """The /ab counters: {(sample name, label values in order...): value}."""
+    out = {}
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("rbn_serve_ab_") and "_total{" in line:
+            name, _, rest = line.partition("{")
+            labels, _, value = rest.rpartition("} ")
+            out[(name, *(v.split("=")[1].strip('"') for v in sorted(labels.split(","))))] = float(value)
+    return out
+
+
+# The first shipped sample (an ankle boot, label 9) through /ab, and what the shipped bundles answer:
+# (query, winner, rbn index, baseline index, l1_distance, kl_divergence).
+AB_CASES = [
+    ("corruption=contrast&severity=5", "rbn", 9, 0, 1.3007699, 1.8634370),
+    ("", "both", 9, 9, 0.00090219, 0.00047264),
+    ("corruption=gaussian_noise&severity=4", "neither", 6, 8, 1.1730649, 1.0356296),
+]
+
+
+def test_ab_answers_and_counters_are_the_pinned_values(shipped):
+    """Exact /ab answers of the shipped bundles on one sample, and the counters they move.
+
+    The values depend on the shipped weights and on the corruption outputs (pinned by their golden
+    hashes in tests/rbn/test_corruptions.py): re-pin them here when either changes on purpose.
+    """
     data, label = all_samples()[0]
-    body = shipped.post(f"/ab?corruption=contrast&severity=5&label={label}", content=data,
-                        headers={"Content-Type": "image/png"}).json()
-    result = body["results"][0]
-    assert set(result["arms"]) == {"rbn", "baseline"}
-    assert result["arms"]["baseline"]["model"] == "fmnist-resnet20-bn"
-    assert result["winner"] in {"rbn", "baseline", "both", "neither"}
-    assert result["l1_distance"] >= 0 and result["kl_divergence"] >= 0
-    # an 8-bit image at 10% contrast is far from the training statistics for both arms
-    assert result["arms"]["rbn"]["ood"]["flag"] and result["arms"]["baseline"]["ood"]["flag"]
+    before = ab_counters(shipped)
+    for query, winner, rbn_index, baseline_index, l1, kl in AB_CASES:
+        body = shipped.post(f"/ab?{query}&label={label}", content=data, headers={"Content-Type": "image/png"}).json()
+        result = body["results"][0]
+        assert result["arms"]["baseline"]["model"] == "fmnist-resnet20-bn"
+        assert (result["arms"]["rbn"]["index"], result["arms"]["baseline"]["index"]) == (rbn_index, baseline_index)
+        assert result["winner"] == winner, query
+        assert result["agree"] is (rbn_index == baseline_index)
+        assert result["l1_distance"] == pytest.approx(l1, rel=1e-3, abs=1e-6)
+        assert result["kl_divergence"] == pytest.approx(kl, rel=1e-3, abs=1e-6)
+        if query:  # an 8-bit image at 10% contrast, or strong noise, is far from the training statistics
+            assert result["arms"]["rbn"]["ood"]["flag"] and result["arms"]["baseline"]["ood"]["flag"]
+    after = ab_counters(shipped)
+    moved = {key: after[key] - before.get(key, 0.0) for key in after if after[key] != before.get(key, 0.0)}
+    rbn, bn = "fmnist-resnet20-rbn", "fmnist-resnet20-bn"
+    # labels sorted by name: agree, baseline, corruption, model, severity / arm, corruption, model, severity
+    assert moved == {
+        ("rbn_serve_ab_comparisons_total", "false", bn, "contrast", rbn, "5"): 1,
+        ("rbn_serve_ab_comparisons_total", "true", bn, "none", rbn, "0"): 1,
+        ("rbn_serve_ab_comparisons_total", "false", bn, "gaussian_noise", rbn, "4"): 1,
+        ("rbn_serve_ab_labelled_total", "contrast", rbn, "5"): 1,
+        ("rbn_serve_ab_labelled_total", "none", rbn, "0"): 1,
+        ("rbn_serve_ab_labelled_total", "gaussian_noise", rbn, "4"): 1,
+        ("rbn_serve_ab_correct_total", "rbn", "contrast", rbn, "5"): 1,  # the winner's arm only
+        ("rbn_serve_ab_correct_total", "rbn", "none", rbn, "0"): 1,  # "both": each arm once
+        ("rbn_serve_ab_correct_total", "baseline", "none", rbn, "0"): 1,
+    }  # "neither" adds to no ab_correct_total
