@@ -14,8 +14,9 @@ def randomize_norms(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
-                fill(m.weight, 0.5, 1.5)
-                fill(m.bias, -0.5, 0.5)
+                if m.affine:  # affine=False norms have no gamma and beta
+                    fill(m.weight, 0.5, 1.5)
+                    fill(m.bias, -0.5, 0.5)
                 fill(m.running_mean, -0.5, 0.5)
                 fill(m.running_var, 0.5, 2.0)
                 if hasattr(m, "center_weight"):

@@ -11,7 +11,7 @@ from random_weights import randomize_norms
 from rbn.export import ExportError, export_onnx, inference_model
 from rbn.fold import fold_model
 from rbn.layer import RepresentativeBatchNorm2d
-from rbn.resnet import resnet20
+from rbn.resnet import resnet20, resnet50
 
 NORMS = {"rbn": RepresentativeBatchNorm2d, "bn": nn.BatchNorm2d}
 
@@ -112,3 +112,51 @@ def test_export_leaves_the_callers_model_as_it_was():
     export_onnx(model)
     assert model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# --- other architectures: ResNet-50, affine-free norms, grouped and depthwise convs ----------------------
+def folded_onnx_vs_eager(model: nn.Module, shape: tuple[int, int, int], batch: int = 3) -> tuple[float, float]:
+    """Largest |ONNX (folded) - eager (unfolded)| of logits and of rbn_stats, relative to the eager range."""
+    x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = inference_model(model, folded=False)(x)
+    session = ort.InferenceSession(export_onnx(model, input_shape=shape), providers=["CPUExecutionProvider"])
+    logits, stats = session.run(["logits", "rbn_stats"], {"input": x.numpy()})
+    return tuple(float(np.abs(got - ref.numpy()).max() / (1 + np.abs(ref.numpy()).max()))
+                 for got, ref in ((logits, want[0]), (stats, want[1])))
+
+
+def test_resnet50_folds_every_pair_and_matches_eager_torch():
+    """The GPU benchmark's ResNet-50 (bottleneck blocks, 7x7 stem, max-pool): all 53 conv -> RBN pairs
+    fold, and the exported graph computes what the model does. RBN only, the costlier fold (a BN
+    ResNet-50 adds ~20 s for what ResNet-20's BN tests already cover); a small input keeps it cheap."""
+    torch.manual_seed(0)
+    model = randomize_norms(resnet50("rbn", in_channels=3, num_classes=10))
+    convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    assert convs == 53
+    assert fold_model(model, torch.randn(2, 3, 32, 32))[1] == convs
+    logits_error, stats_error = folded_onnx_vs_eager(model, (3, 32, 32))
+    assert logits_error <= 1e-4 and stats_error <= 1e-4
+
+
+@pytest.mark.parametrize("norm", ["rbn", "bn"])
+def test_affine_free_norms_fold_exactly(norm):
+    """``affine=False``: no gamma or beta (RBN keeps its calibration weights)."""
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), NORMS[norm](6, affine=False), nn.ReLU(),
+                         nn.Conv2d(6, 6, 3, padding=1, bias=False), NORMS[norm](6, affine=False), nn.ReLU())
+    model = randomize_norms(Head(body, 6))
+    assert all(m.weight is None for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    assert fold_model(model, torch.randn(2, 1, 12, 12))[1] == 2
+    assert max(folded_onnx_vs_eager(model, (1, 12, 12))) <= 1e-5
+
+
+@pytest.mark.parametrize("norm", ["rbn", "bn"])
+def test_grouped_and_depthwise_convs_fold_exactly(norm):
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), NORMS[norm](8), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, padding=1, groups=4), NORMS[norm](8), nn.ReLU(),  # grouped
+                         nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), NORMS[norm](8), nn.ReLU())  # depthwise
+    model = randomize_norms(Head(body, 8))
+    assert fold_model(model, torch.randn(2, 2, 12, 12))[1] == 3
+    assert max(folded_onnx_vs_eager(model, (2, 12, 12))) <= 1e-5
