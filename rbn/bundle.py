@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 SCHEMA_VERSION = 1
 INPUT_NAME = "input"
 LOGITS_NAME = "logits"
 STATS_NAME = "rbn_stats"
+CHANNEL_STATS_NAME = "rbn_channel_stats"
+SCORE_NAME = "ood_score"
 MODEL_JSON = "model.json"
 CONFIG_PBTXT = "config.pbtxt"
 ONNX_FILE = "model.onnx"
@@ -65,8 +68,10 @@ class InputSpec(_Strict):
 
 
 class OodCalibration(_Strict):
-    """Per-layer standardisation of `rbn_stats` on clean training data, and the threshold."""
+    """The first OOD score (bundles made before the graph score): per-layer standardisation of
+    `rbn_stats` on clean training data, combined across layers; computed by the service (rbn.ood.rms_score)."""
 
+    kind: Literal["rbn_stats_rms"] = "rbn_stats_rms"
     layer_mean: list[float]
     layer_std: list[float]
     combine: Literal["mean_z", "max_z", "rms_z"] = "rms_z"
@@ -74,13 +79,45 @@ class OodCalibration(_Strict):
     clean_quantile: float = 0.95
     calibration_samples: int = Field(ge=1)
 
+    @property
+    def method(self) -> str:
+        """The score's name, as GraphOodCalibration.method names its own."""
+        return self.combine
+
     @model_validator(mode="after")
     def _lengths(self) -> OodCalibration:
         if len(self.layer_mean) != len(self.layer_std):
             raise ValueError("layer_mean and layer_std differ in length")
         if any(s <= 0 for s in self.layer_std):
             raise ValueError("layer_std values must be positive")
+        if not math.isfinite(self.threshold):
+            raise ValueError("threshold must be a finite number")
         return self
+
+
+class GraphOodCalibration(_Strict):
+    """The OOD score computed inside the graph (its `ood_score` output, constants as initialisers),
+    so any Open Inference Protocol client or Triton gets the same score; see rbn.ood and rbn.ood_graph."""
+
+    kind: Literal["graph"] = "graph"
+    method: str = Field(description="which score the graph computes, e.g. 'maha+energy' (rbn.ood.METHODS)")
+    threshold: float = Field(description="score at the held-out clean images' `clean_quantile` quantile")
+    clean_quantile: float = Field(0.95, gt=0, lt=1)
+    calibration_samples: int = Field(ge=1, description="held-out clean training images that set standardisation and threshold")
+    fit_samples: int = Field(ge=1, description="clean training images the per-layer Gaussians were fitted on")
+
+    @model_validator(mode="after")
+    def _finite(self) -> GraphOodCalibration:
+        if not math.isfinite(self.threshold):
+            raise ValueError("threshold must be a finite number")
+        return self
+
+
+def _ood_kind(value: object) -> str:
+    """model.json files written before the graph score have no 'kind': they are rbn_stats_rms."""
+    if isinstance(value, dict):
+        return value.get("kind", "rbn_stats_rms")
+    return getattr(value, "kind", "rbn_stats_rms")
 
 
 class Provenance(_Strict):
@@ -104,17 +141,27 @@ class BundleMeta(_Strict):
     labels: list[str] = Field(min_length=2)
     input: InputSpec
     stats_layers: list[str] = Field(description="norm layers in `rbn_stats` column order")
+    stats_channels: list[int] | None = Field(
+        None, description="channels of each stats layer: how `rbn_channel_stats` splits (absent in older bundles)"
+    )
     folded: bool = True
     max_batch_size: int = Field(64, ge=1)
     onnx_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    ood: OodCalibration | None = None
+    ood: Annotated[
+        Annotated[GraphOodCalibration, Tag("graph")] | Annotated[OodCalibration, Tag("rbn_stats_rms")],
+        Discriminator(_ood_kind),
+    ] | None = None
     provenance: Provenance | None = None
     evaluation: dict | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> BundleMeta:
-        if self.ood is not None and len(self.ood.layer_mean) != len(self.stats_layers):
+        if isinstance(self.ood, OodCalibration) and len(self.ood.layer_mean) != len(self.stats_layers):
             raise ValueError(f"ood calibration has {len(self.ood.layer_mean)} layers, stats_layers has {len(self.stats_layers)}")
+        if self.stats_channels is not None and len(self.stats_channels) != len(self.stats_layers):
+            raise ValueError(f"stats_channels has {len(self.stats_channels)} entries, stats_layers has {len(self.stats_layers)}")
+        if self.stats_channels is not None and any(c < 1 for c in self.stats_channels):
+            raise ValueError("stats_channels values must be positive")
         if self.baseline is not None and self.norm != "rbn":
             raise ValueError("only an RBN bundle names a baseline")
         return self
@@ -132,6 +179,19 @@ def onnx_path(bundle_dir: Path, version: int) -> Path:
     return bundle_dir / str(version) / ONNX_FILE
 
 
+def graph_outputs(meta: BundleMeta) -> dict[str, list[int]]:
+    """The graph's outputs and their shapes after the batch axis, as the metadata declares them.
+
+    The one definition both `validate_bundle` and the service's runtime check against.
+    """
+    outputs = {LOGITS_NAME: [len(meta.labels)], STATS_NAME: [len(meta.stats_layers)]}
+    if meta.stats_channels is not None:
+        outputs[CHANNEL_STATS_NAME] = [sum(meta.stats_channels)]
+    if isinstance(meta.ood, GraphOodCalibration):
+        outputs[SCORE_NAME] = [1]
+    return outputs
+
+
 def triton_config(meta: BundleMeta) -> str:
     """config.pbtxt for Triton's onnxruntime backend (batch dimension implicit)."""
     spec = meta.input
@@ -143,9 +203,11 @@ def triton_config(meta: BundleMeta) -> str:
         f'  {{ name: "{spec.name}", data_type: TYPE_FP32, dims: [ {spec.channels}, {spec.height}, {spec.width} ] }}\n'
         "]\n"
         "output [\n"
-        f'  {{ name: "{LOGITS_NAME}", data_type: TYPE_FP32, dims: [ {len(meta.labels)} ] }},\n'
-        f'  {{ name: "{STATS_NAME}", data_type: TYPE_FP32, dims: [ {len(meta.stats_layers)} ] }}\n'
-        "]\n"
+        + ",\n".join(
+            f'  {{ name: "{name}", data_type: TYPE_FP32, dims: [ {", ".join(map(str, dims))} ] }}'
+            for name, dims in graph_outputs(meta).items()
+        )
+        + "\n]\n"
         "dynamic_batching {\n"
         f"  preferred_batch_size: [ {', '.join(str(b) for b in _preferred_sizes(meta.max_batch_size))} ]\n"
         "  max_queue_delay_microseconds: 2000\n"
@@ -229,7 +291,7 @@ def _check_graph(meta: BundleMeta, model_file: Path) -> None:
     outputs = {o.name: dims(o) for o in model.graph.output}
     spec = meta.input
     expected_in = {spec.name: [spec.channels, spec.height, spec.width]}
-    expected_out = {LOGITS_NAME: [len(meta.labels)], STATS_NAME: [len(meta.stats_layers)]}
+    expected_out = graph_outputs(meta)
     for kind, actual, expected in (("input", inputs, expected_in), ("output", outputs, expected_out)):
         if set(actual) != set(expected):
             raise BundleError(f"{meta.name}: graph {kind}s are {sorted(actual)}, metadata expects {sorted(expected)}")

@@ -1,4 +1,5 @@
-"""Export a classifier to ONNX with two outputs: `logits` (N, classes) and `rbn_stats` (N, L).
+"""Export a classifier to ONNX with three outputs: `logits` (N, classes), `rbn_stats` (N, L) and
+`rbn_channel_stats` (N, sum of C) (see rbn.stats).
 
 The default graph is folded (rbn.fold): each conv -> norm pair becomes one conv plus, for RBN,
 one spatial mean and one per-(sample, channel) multiply-add. ``folded=False`` exports the
@@ -16,24 +17,25 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rbn.bundle import INPUT_NAME, LOGITS_NAME, STATS_NAME
+from rbn.bundle import CHANNEL_STATS_NAME, INPUT_NAME, LOGITS_NAME, STATS_NAME
 from rbn.fold import fold_model
 from rbn.stats import record_stats, stats_layer_names
 
 OPSET = 18
+OUTPUT_NAMES = (LOGITS_NAME, STATS_NAME, CHANNEL_STATS_NAME)
 
 
 class WithStats(nn.Module):
-    """Wraps a model so that forward returns (logits, rbn_stats)."""
+    """Wraps a model so that forward returns (logits, rbn_stats, rbn_channel_stats)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         with record_stats(self.model) as recorder:
             logits = self.model(x)
-        return logits, recorder.stacked()
+        return logits, recorder.stacked(), recorder.channel_stats()
 
 
 class ExportError(ValueError):
@@ -63,9 +65,9 @@ def inference_model(model: nn.Module, folded: bool = True, example: torch.Tensor
 def _verify_fold(model: nn.Module, folded: WithStats, example: torch.Tensor) -> None:
     """The folded graph must compute what the model computes; refuse to export otherwise."""
     with torch.no_grad():
-        want_logits, want_stats = inference_model(model, folded=False)(example)
-        got_logits, got_stats = folded(example)
-    for what, want, got in (("logits", want_logits, got_logits), ("rbn_stats", want_stats, got_stats)):
+        expected = inference_model(model, folded=False)(example)
+        actual = folded(example)
+    for what, want, got in zip(OUTPUT_NAMES, expected, actual, strict=True):
         tolerance = 1e-3 * (1 + want.abs().max().item())
         if (want - got).abs().max().item() > tolerance:
             raise ExportError(
@@ -106,8 +108,8 @@ def export_onnx(
             buffer,
             dynamo=False,
             input_names=[INPUT_NAME],
-            output_names=[LOGITS_NAME, STATS_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, LOGITS_NAME: {0: "batch"}, STATS_NAME: {0: "batch"}},
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
             opset_version=opset,
             do_constant_folding=True,
         )
@@ -129,3 +131,13 @@ def stats_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> list[st
     """`rbn_stats` column names: the model's norm layers in forward order."""
     device = next(model.parameters()).device
     return stats_layer_names(copy.deepcopy(model).eval(), torch.zeros(1, *input_shape, device=device))
+
+
+def stats_channels(model: nn.Module, input_shape: tuple[int, int, int]) -> list[int]:
+    """Channels of each norm layer in forward order: how `rbn_channel_stats` splits into layers."""
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        wrapper = inference_model(model, folded=False)
+        with record_stats(wrapper.model) as recorder:
+            wrapper.model(torch.zeros(1, *input_shape, device=device))
+    return list(recorder.channels)

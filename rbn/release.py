@@ -11,8 +11,9 @@ import torch
 
 from rbn import data as fmnist
 from rbn.bundle import write_bundle
-from rbn.evaluate import EvalConfig, OnnxClassifier, fit_calibration
-from rbn.export import export_onnx, stats_layers
+from rbn.evaluate import EvalConfig, OnnxClassifier, fit_ood
+from rbn.export import export_onnx, stats_channels, stats_layers
+from rbn.ood_graph import add_score_output
 from rbn.resnet import ResNet, build
 
 INPUT_SHAPE = (1, 28, 28)
@@ -55,10 +56,11 @@ def bundle_from_checkpoint(
     data_path: str | None = None,
     max_batch_size: int = 64,
 ) -> Path:
-    """Export, calibrate the OOD score on clean training data, and write the bundle."""
+    """Export, fit the OOD score on clean training data, write it into the graph, and write the bundle."""
     model, recipe = load_checkpoint(checkpoint)
     onnx_bytes = export_onnx(model, input_shape=INPUT_SHAPE)
-    calibration = fit_calibration(OnnxClassifier(onnx_bytes), EvalConfig(), data_path)
+    fitted = fit_ood(OnnxClassifier(onnx_bytes), EvalConfig(), data_path)
+    onnx_bytes = add_score_output(onnx_bytes, fitted.served)
     history = recipe.pop("history")
     meta = {
         "name": name,
@@ -69,8 +71,9 @@ def bundle_from_checkpoint(
         "labels": list(fmnist.LABELS),
         "input": {"channels": 1, "height": 28, "width": 28, "mean": [fmnist.MEAN], "std": [fmnist.STD]},
         "stats_layers": stats_layers(model, INPUT_SHAPE),
+        "stats_channels": stats_channels(model, INPUT_SHAPE),
         "max_batch_size": max_batch_size,
-        "ood": calibration.model_dump(),
+        "ood": fitted.calibration.model_dump(),
         "provenance": {
             "dataset": "Fashion-MNIST (Debian package dataset-fashion-mnist), 60k train / 10k test",
             "recipe": recipe,

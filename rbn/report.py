@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rbn.evaluate import relative_corruption_error
+from rbn.evaluate import far_ood_names, relative_corruption_error
 
 ARMS = ("rbn", "bn")
 
@@ -38,6 +38,10 @@ def paired_ce(by_arm: dict[str, list[dict]]) -> list[dict[str, float]]:
     return [relative_corruption_error(d, bn_by_seed[d.get("seed")]) for d in by_arm.get("rbn", []) if d.get("seed") in bn_by_seed]
 
 
+def _set_label(name: str) -> str:
+    return name.replace("far_ood_", "far-OOD ").replace("clean_test", "clean test").replace("_", " ")
+
+
 def markdown(by_arm: dict[str, list[dict]]) -> str:
     arms = [a for a in ARMS if a in by_arm]
     families = list(by_arm[arms[0]][0]["corruption_accuracy"])
@@ -55,23 +59,49 @@ def markdown(by_arm: dict[str, list[dict]]) -> str:
     ce = paired_ce(by_arm)
     if ce:
         lines.append("| relative corruption error (BN = 100) | " + _ms([c["mean"] for c in ce], 100, 1) + " | 100 |")
-    row("far-OOD digits AUROC", lambda d: d["ood"]["far_ood_digits"]["auroc"], 1.0)
-    row("far-OOD digits FPR at 95% TPR", lambda d: d["ood"]["far_ood_digits"]["fpr_at_95_tpr"], 1.0)
-    row("mean corruption AUROC", lambda d: np.mean([d["ood"][f]["auroc"] for f in families]), 1.0)
-    if all("clean_test" in d["ood"] for a in arms for d in by_arm[a]):
-        row("flagged at the served threshold: clean test (%)", lambda d: d["ood"]["clean_test"]["flag_rate"])
-    row("flagged at the served threshold: far-OOD digits (%)", lambda d: d["ood"]["far_ood_digits"]["flag_rate"])
+    served = by_arm[arms[0]][0]["calibration"].get("method", "rms_z")
+    far = far_ood_names(by_arm[arms[0]][0])
+    for name in far:
+        row(f"{_set_label(name)}: AUROC of the served score", lambda d, n=name: d["ood"][n]["auroc"], 1.0)
+    row("mean corruption AUROC of the served score", lambda d: np.mean([d["ood"][f]["auroc"] for f in families]), 1.0)
+    row("flagged at the served threshold: clean test (%)", lambda d: d["ood"]["clean_test"]["flag_rate"])
+    for name in far:
+        row(f"flagged at the served threshold: {_set_label(name)} (%)", lambda d, n=name: d["ood"][n]["flag_rate"])
     row("flagged at the served threshold: corrupted, mean over families (%)", lambda d: np.mean([d["ood"][f]["flag_rate"] for f in families]))
-    if all("combine_sensitivity" in d for a in arms for d in by_arm[a]):
-        lines += ["", "How the layers are combined into one score (pre-registered: rms_z; the others for comparison only):", ""]
-        lines.append("| combination | " + " | ".join(f"{a.upper()} far-OOD AUROC | {a.upper()} mean corruption AUROC" for a in arms) + " |")
+    if all("ood_methods" in d for a in arms for d in by_arm[a]):
+        lines += ["", f"Every OOD score on every set (served: `{served}`; each score's threshold is its own clean "
+                  "95th percentile on held-out training images; FPR at 95% TPR and flagged share in %):", ""]
+        lines.append("| set | score | " + " | ".join(f"{a.upper()} AUROC" for a in arms) + " | "
+                     + " | ".join(f"{a.upper()} FPR95 %" for a in arms) + " | " + " | ".join(f"{a.upper()} flagged %" for a in arms) + " |")
+        lines.append("|---" * (3 * len(arms) + 2) + "|")
+        methods = list(by_arm[arms[0]][0]["ood_methods"])
+        for name in ["clean_test", *far, "mean_corruption_auroc"]:
+            for m in methods:
+                cells = []
+                if name == "clean_test":
+                    cells = ["—"] * (2 * len(arms))
+                    cells += [_ms([d["ood_methods"][m]["clean_test"]["flag_rate"] for d in by_arm[a]], 100.0, 1) for a in arms]
+                elif name == "mean_corruption_auroc":
+                    cells = [_ms([d["ood_methods"][m]["mean_corruption_auroc"] for d in by_arm[a]], 1.0, 3) for a in arms]
+                    cells += ["—"] * (2 * len(arms))
+                else:
+                    cells = [_ms([d["ood_methods"][m][name]["auroc"] for d in by_arm[a]], 1.0, 4) for a in arms]
+                    cells += [_ms([d["ood_methods"][m][name]["fpr_at_95_tpr"] for d in by_arm[a]], 100.0, 1) for a in arms]
+                    cells += [_ms([d["ood_methods"][m][name]["flag_rate"] for d in by_arm[a]], 100.0, 1) for a in arms]
+                label = "corrupted test, mean over 14 families" if name == "mean_corruption_auroc" else _set_label(name)
+                score = f"**{m}**" if m == served else m
+                lines.append(f"| {label} | {score} | " + " | ".join(cells) + " |")
+    if all("ood_validation" in d for a in arms for d in by_arm[a]):
+        lines += ["", "Validation AUROC (generated OOD vs held-out clean training images; what the served score was chosen on), "
+                  "worst and mean over the validation sets:", ""]
+        lines.append("| score | " + " | ".join(f"{a.upper()} worst | {a.upper()} mean" for a in arms) + " |")
         lines.append("|---" * (2 * len(arms) + 1) + "|")
-        for how in ("rms_z", "mean_z", "max_z"):
+        for m in by_arm[arms[0]][0]["ood_validation"]:
             cells = []
             for a in arms:
-                cells.append(_ms([d["combine_sensitivity"][how]["far_ood_digits_auroc"] for d in by_arm[a]], 1.0, 3))
-                cells.append(_ms([d["combine_sensitivity"][how]["mean_corruption_auroc"] for d in by_arm[a]], 1.0, 3))
-            lines.append(f"| {how} | " + " | ".join(cells) + " |")
+                cells.append(_ms([min(d["ood_validation"][m].values()) for d in by_arm[a]], 1.0, 4))
+                cells.append(_ms([np.mean(list(d["ood_validation"][m].values())) for d in by_arm[a]], 1.0, 4))
+            lines.append(f"| {f'**{m}**' if m == served else m} | " + " | ".join(cells) + " |")
     lines += ["", "Per corruption family (accuracy % averaged over severities 1-5; OOD AUROC and the share flagged at the served threshold, severities pooled):", ""]
     lines.append("| family | " + " | ".join(f"{a.upper()} acc" for a in arms) + " | " + " | ".join(f"{a.upper()} AUROC" for a in arms)
                  + " | " + " | ".join(f"{a.upper()} flagged %" for a in arms) + " |")
@@ -119,12 +149,18 @@ def plot(by_arm: dict[str, list[dict]], out_dir: Path) -> list[Path]:
     for ax, arm in zip(axes[0], arms):
         doc = by_arm[arm][0]
         samples = doc["score_samples"]
-        bins = np.linspace(min(min(v) for v in samples.values()), np.quantile(samples["far_ood_digits"] + samples["clean"], 0.99) + 1, 60)
-        ax.hist(samples["clean"], bins=bins, alpha=0.6, density=True, label="clean test")
-        corrupted = np.concatenate([samples[f] for f in families])
-        ax.hist(corrupted, bins=bins, alpha=0.4, density=True, label="corrupted (all families)")
-        ax.hist(samples["far_ood_digits"], bins=bins, alpha=0.5, density=True, label="far-OOD digits")
-        ax.axvline(doc["calibration"]["threshold"], color="k", ls="--", lw=1, label="threshold (clean p95)")
+        threshold = doc["calibration"]["threshold"]
+        clean = np.asarray(samples["clean"])
+        # far-OOD scores run to hundreds: clip at a right edge a few clean spreads past the threshold
+        high = threshold + 3 * (threshold - np.median(clean))
+        bins = np.linspace(clean.min(), high, 60)
+        clip = lambda v: np.minimum(np.asarray(v, float), high)  # noqa: E731
+        ax.hist(clip(clean), bins=bins, alpha=0.6, density=True, label="clean test")
+        ax.hist(clip(np.concatenate([samples[f] for f in families])), bins=bins, alpha=0.4, density=True, label="corrupted (all families)")
+        far = [k for k in samples if k.startswith("far_ood_")]
+        ax.hist(clip(np.concatenate([samples[k] for k in far])), bins=bins, alpha=0.5, density=True, label=f"far-OOD ({len(far)} sets)")
+        ax.axvline(threshold, color="k", ls="--", lw=1, label="threshold (clean p95)")
+        ax.set_xlabel("score (clipped at the right edge)")
         ax.set_title(f"{arm.upper()} seed {doc.get('seed')}: OOD score")
         ax.legend(fontsize=8)
     fig.tight_layout()

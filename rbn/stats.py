@@ -1,8 +1,12 @@
-"""`rbn_stats`: per layer, the RMS over channels of K(X_hat), the instance's normalised mean.
+"""Instance statistics: K(X_hat), the instance's normalised channel means, per norm layer.
 
-It is the quantity RBN's scaling calibration reads, and the service's out-of-distribution
-signal: how many running standard deviations this instance's channel means sit from the
-training statistics. For plain BN the same quantity is defined with w_m = 0.
+K(X_hat) is what RBN's scaling calibration reads: how many running standard deviations this
+instance's channel means sit from the training statistics. For plain BN the same quantity is
+defined with w_m = 0. Two graph outputs carry it:
+
+- `rbn_stats` (N, L): per layer, the RMS over channels (the original one-number summary);
+- `rbn_channel_stats` (N, sum of C): every layer's channels, concatenated in forward order --
+  the per-channel pattern the OOD score reads (rbn.ood).
 """
 
 from __future__ import annotations
@@ -16,24 +20,22 @@ from torch import nn
 from rbn.layer import instance_mean
 
 
-def channel_rms(k_hat: torch.Tensor) -> torch.Tensor:
-    """(N, C, 1, 1) -> (N,): root mean square over channels."""
-    return k_hat.flatten(1).pow(2).mean(dim=1).sqrt()
-
-
 class StatsRecorder:
     """Collects one (N,) statistic per norm layer per forward pass, in forward order.
 
-    Per layer it keeps the L2 norm over channels (one ReduceL2 node in ONNX) and divides by
-    sqrt(C) once for all layers at the end, which keeps the exported graph small.
+    Per layer it keeps K(X_hat) itself and its L2 norm over channels (one ReduceL2 node in
+    ONNX), and divides the norms by sqrt(C) once for all layers at the end, which keeps the
+    exported graph small.
     """
 
     def __init__(self) -> None:
         self.norms: list[torch.Tensor] = []
+        self.k_hats: list[torch.Tensor] = []
         self.channels: list[int] = []
 
     def add(self, k_hat: torch.Tensor) -> None:
         self.norms.append(torch.linalg.vector_norm(k_hat, dim=1))  # (N, 1, 1)
+        self.k_hats.append(k_hat.flatten(1))  # (N, C)
         self.channels.append(k_hat.shape[1])
 
     def stacked(self) -> torch.Tensor:
@@ -41,6 +43,10 @@ class StatsRecorder:
         first = self.norms[0]
         inv_sqrt_c = torch.tensor([c**-0.5 for c in self.channels], dtype=first.dtype, device=first.device)
         return torch.cat(self.norms, dim=1).flatten(1) * inv_sqrt_c
+
+    def channel_stats(self) -> torch.Tensor:
+        """Shape (N, sum of C): K(X_hat) of every layer, concatenated in forward order."""
+        return torch.cat(self.k_hats, dim=1)
 
 
 def _bn_hook(recorder: StatsRecorder):

@@ -88,7 +88,8 @@ class DataPlane:
         decoded = time.perf_counter()
         result = await model.infer(x)
         probs = softmax(result.logits)
-        answers = describe(probs, result.stats, model.meta.labels, model.scorer, top_k)
+        scores = model.scorer.scores(result.stats, result.graph_score)
+        answers = describe(probs, result.stats, scores, model.meta.labels, model.scorer, top_k)
         predicted = probs.argmax(axis=1)
         self.state.shadow.maybe_run(model, x, predicted)
         self.count(model, predicted, [a["ood"]["score"] for a in answers])
@@ -110,7 +111,7 @@ class DataPlane:
     async def infer_tensor(self, model: LoadedModel, x: np.ndarray) -> Inference:
         """Preprocessed float32 (N, C, H, W) straight to the model (the Open Inference Protocol path)."""
         result = await model.infer(x)
-        scores = model.scorer.scores(result.stats)
+        scores = model.scorer.scores(result.stats, result.graph_score)
         self.count(model, result.logits.argmax(axis=1), [None] * len(x) if scores is None else scores.tolist())
         return result
 
@@ -129,8 +130,10 @@ class DataPlane:
         decoded = time.perf_counter()
         result, base = await asyncio.gather(model.infer(x), baseline.infer(x))
         p, q = softmax(result.logits), softmax(base.logits)
-        arms = (describe(p, result.stats, model.meta.labels, model.scorer, top_k),
-                describe(q, base.stats, baseline.meta.labels, baseline.scorer, top_k))
+        arms = (describe(p, result.stats, model.scorer.scores(result.stats, result.graph_score),
+                         model.meta.labels, model.scorer, top_k),
+                describe(q, base.stats, baseline.scorer.scores(base.stats, base.graph_score),
+                         baseline.meta.labels, baseline.scorer, top_k))
         l1, kl = l1_distance(p, q), kl_divergence(p, q)
         labels = model.meta.labels
         results = []

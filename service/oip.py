@@ -13,14 +13,13 @@ from importlib import metadata
 import numpy as np
 import orjson
 
-from rbn.bundle import LOGITS_NAME, STATS_NAME, BundleMeta
+from rbn.bundle import BundleMeta, graph_outputs
 from service.errors import BodyTooLarge, InvalidTensor
 
 DATATYPE = "FP32"
 PLATFORM = "onnxruntime_onnx"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ["binary_tensor_data"]
-OUTPUTS = (LOGITS_NAME, STATS_NAME)
 
 
 def server_metadata() -> dict:
@@ -39,8 +38,7 @@ def model_metadata(meta: BundleMeta) -> dict:
         "platform": PLATFORM,
         "inputs": [{"name": spec.name, "datatype": DATATYPE, "shape": [-1, spec.channels, spec.height, spec.width]}],
         "outputs": [
-            {"name": LOGITS_NAME, "datatype": DATATYPE, "shape": [-1, len(meta.labels)]},
-            {"name": STATS_NAME, "datatype": DATATYPE, "shape": [-1, len(meta.stats_layers)]},
+            {"name": name, "datatype": DATATYPE, "shape": [-1, *dims]} for name, dims in graph_outputs(meta).items()
         ],
     }
 
@@ -95,7 +93,7 @@ def parse_infer(body: bytes, header_length: str | None, meta: BundleMeta) -> Inf
         raise InvalidTensor(f"{len(tail) - used} bytes of binary data are not claimed by any input")
     params = request.get("parameters") or {}
     binary = _flag(params, "binary_data_output")
-    return InferRequest(x, _requested_outputs(request.get("outputs"), binary), request_id)
+    return InferRequest(x, _requested_outputs(request.get("outputs"), binary, list(graph_outputs(meta))), request_id)
 
 
 def _flag(params: object, key: str, default: bool = False) -> bool:
@@ -147,16 +145,17 @@ def _input_tensor(tensor: dict, tail: bytes, meta: BundleMeta) -> tuple[np.ndarr
     return x, used
 
 
-def _requested_outputs(outputs: object, binary_default: bool) -> list[tuple[str, bool]]:
+def _requested_outputs(outputs: object, binary_default: bool, names: list[str]) -> list[tuple[str, bool]]:
+    """(name, as binary) for each requested output; all of the model's outputs when none are named."""
     if outputs is None:
-        return [(name, binary_default) for name in OUTPUTS]
+        return [(name, binary_default) for name in names]
     if not isinstance(outputs, list) or not outputs:
         raise InvalidTensor("'outputs' must be a non-empty list")
     requested = []
     for item in outputs:
         name = item.get("name") if isinstance(item, dict) else None
-        if name not in OUTPUTS:
-            raise InvalidTensor(f"unknown output {name!r}; the model gives {', '.join(OUTPUTS)}")
+        if name not in names:
+            raise InvalidTensor(f"unknown output {name!r}; the model gives {', '.join(names)}")
         params = item.get("parameters") or {}
         if isinstance(params, dict) and "classification" in params:
             raise InvalidTensor("the classification extension is not supported; request logits and take the top classes")

@@ -20,11 +20,12 @@ def top_k(probs: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-probs, axis=1, kind="stable")[:, :k]
 
 
-def describe(probs: np.ndarray, stats: np.ndarray, labels: list[str], scorer: OodScorer, k: int) -> list[dict]:
-    """The answer for each image: predicted label, top-k with probabilities, OOD block."""
+def describe(probs: np.ndarray, stats: np.ndarray, scores: np.ndarray | None, labels: list[str],
+             scorer: OodScorer, k: int) -> list[dict]:
+    """The answer for each image: predicted label, top-k with probabilities, OOD block (``scores``
+    from ``scorer.scores``)."""
     k = min(k, len(labels))
     best = top_k(probs, k)
-    scores = scorer.scores(stats)
     answers = []
     for i, row in enumerate(best.tolist()):
         p = probs[i]

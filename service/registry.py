@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rbn.bundle import BundleError
+from rbn.bundle import LOGITS_NAME, SCORE_NAME, STATS_NAME, BundleError
 from service import imaging
 from service.batching import Batcher, Result
 from service.config import Settings
@@ -23,11 +23,23 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Inference:
-    logits: np.ndarray
-    stats: np.ndarray
+    outputs: dict[str, np.ndarray]  # every graph output by name (rbn.bundle.graph_outputs)
     queue_s: float
     infer_s: float
     batch_size: int
+
+    @property
+    def logits(self) -> np.ndarray:
+        return self.outputs[LOGITS_NAME]
+
+    @property
+    def stats(self) -> np.ndarray:
+        return self.outputs[STATS_NAME]
+
+    @property
+    def graph_score(self) -> np.ndarray | None:
+        """(N, 1) `ood_score` for bundles that compute it in the graph, else None."""
+        return self.outputs.get(SCORE_NAME)
 
 
 @dataclass(eq=False)
@@ -61,16 +73,15 @@ class LoadedModel:
             results = [await self.batcher.submit(x)]
         else:
             results = await asyncio.gather(*(self.batcher.submit(x[i : i + size]) for i in range(0, len(x), size)))
-        return _join(results)
+        return _join(self.runtime.output_names, results)
 
 
-def _join(results: list[Result]) -> Inference:
+def _join(names: list[str], results: list[Result]) -> Inference:
     if len(results) == 1:
         r = results[0]
-        return Inference(r.outputs[0], r.outputs[1], r.queue_s, r.infer_s, r.batch_size)
+        return Inference(dict(zip(names, r.outputs, strict=True)), r.queue_s, r.infer_s, r.batch_size)
     return Inference(
-        np.concatenate([r.outputs[0] for r in results]),
-        np.concatenate([r.outputs[1] for r in results]),
+        {name: np.concatenate([r.outputs[i] for r in results]) for i, name in enumerate(names)},
         max(r.queue_s for r in results),
         max(r.infer_s for r in results),
         max(r.batch_size for r in results),

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-from rbn.bundle import LOGITS_NAME, STATS_NAME, BundleError, BundleMeta
+from rbn.bundle import BundleError, BundleMeta, graph_outputs
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,9 @@ class ModelRuntime:
         except Exception as exc:  # onnxruntime raises its own unrelated exception types
             raise BundleError(f"{meta.name}: ONNX Runtime cannot load the graph: {str(exc).splitlines()[0]}") from None
         self.providers = self.session.get_providers()
+        # ORT's Python run() catches an execution-provider failure, switches the session to the CPU for
+        # good and retries, only printing it: `provider` would then be wrong. Let the failure surface.
+        self.session.disable_fallback()
         if providers == "cuda" and CUDA not in self.providers:
             raise ProviderError(f"{meta.name}: providers=cuda but the session runs on {self.providers}")
         if providers == "auto" and CUDA in ort.get_available_providers() and CUDA not in self.providers:
@@ -84,12 +87,12 @@ class ModelRuntime:
         self.provider = "cuda" if self.providers[0] == CUDA else "cpu"
         check_io(self.session, meta)
         self.input_name = meta.input.name
-        self._outputs = [LOGITS_NAME, STATS_NAME]
+        self.output_names = list(graph_outputs(meta))
 
-    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, C, H, W) float32 -> logits (N, K), stats (N, L)."""
-        logits, stats = self.session.run(self._outputs, {self.input_name: x})
-        return logits, stats
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(N, C, H, W) float32 -> the graph's outputs in ``output_names`` order: logits (N, K),
+        rbn_stats (N, L), then rbn_channel_stats (N, sum C) and ood_score (N, 1) where the bundle has them."""
+        return tuple(self.session.run(self.output_names, {self.input_name: x}))
 
     def warm_up(self, max_batch_size: int) -> float:
         """Run every batch size 1..max_batch_size once (allocations, kernels, cuDNN searches); seconds taken."""
@@ -98,21 +101,22 @@ class ModelRuntime:
         start = time.perf_counter()
         for n in range(1, max_batch_size + 1):
             try:
-                logits, stats = self.run(zeros[:n])
+                outputs = self.run(zeros[:n])
             except Exception as exc:  # a graph that fails at some batch size, CUDA out of memory
                 first = str(exc).partition("\n")[0]
                 raise BundleError(f"{self.meta.name}: warm-up with a batch of {n} failed: {first}") from None
-            if logits.shape != (n, len(self.meta.labels)) or stats.shape != (n, len(self.meta.stats_layers)):
-                raise BundleError(f"{self.meta.name}: batch of {n} gave outputs {logits.shape} and {stats.shape}")
+            shapes = [o.shape for o in outputs]
+            if shapes != [(n, *dims) for dims in graph_outputs(self.meta).values()]:
+                raise BundleError(f"{self.meta.name}: batch of {n} gave outputs of shapes {shapes}")
         return time.perf_counter() - start
 
 
 def check_io(session: ort.InferenceSession, meta: BundleMeta) -> None:
-    """The graph takes [batch, C, H, W] and gives logits [batch, K] and rbn_stats [batch, L], as model.json says."""
+    """The graph takes [batch, C, H, W] and gives the outputs model.json declares (rbn.bundle.graph_outputs)."""
     spec = meta.input
     expected = {
         "input": {spec.name: [spec.channels, spec.height, spec.width]},
-        "output": {LOGITS_NAME: [len(meta.labels)], STATS_NAME: [len(meta.stats_layers)]},
+        "output": graph_outputs(meta),
     }
     actual = {
         "input": {i.name: (i.shape, i.type) for i in session.get_inputs()},

@@ -23,14 +23,14 @@ def check(folder: Path) -> str:
     runtime = ModelRuntime(meta, Bundle(meta, folder).onnx_file, providers="cpu", intra_op_threads=1)
     spec = meta.input
     try:
-        logits, stats = runtime.run(np.zeros((2, spec.channels, spec.height, spec.width), np.float32))
+        outputs = runtime.run(np.zeros((2, spec.channels, spec.height, spec.width), np.float32))
     except Exception as exc:  # onnxruntime raises its own unrelated exception types
         first = str(exc).partition("\n")[0]
         raise BundleError(f"{meta.name}: inference of a batch of 2 failed: {first}") from None
-    if not (np.isfinite(logits).all() and np.isfinite(stats).all()):
+    if not all(np.isfinite(o).all() for o in outputs):
         raise BundleError(f"{meta.name}: the graph gives non-finite outputs on a zero input")
     pairing = f", baseline {meta.baseline}" if meta.baseline else ""
-    ood = "calibrated" if meta.ood else "no OOD calibration"
+    ood = f"OOD score {meta.ood.method} ({'in the graph' if meta.ood.kind == 'graph' else 'from rbn_stats'})" if meta.ood else "no OOD calibration"
     return (f"{meta.name} v{meta.version}: {meta.norm}{pairing}, {len(meta.labels)} labels, "
             f"input {spec.channels}x{spec.height}x{spec.width}, {len(meta.stats_layers)} stats layers, {ood}")
 

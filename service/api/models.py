@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from service.api.deps import State
-from service.api.schemas import ErrorResponse, ModelInfo, ModelsResponse
+from service.api.schemas import ErrorResponse, ModelInfo, ModelsResponse, OodSummary
 from service.middleware import MODEL_KEY
 from service.registry import LoadedModel
 from service.shipped import package_version
@@ -30,7 +30,9 @@ def describe_model(model: LoadedModel, state: ServiceState) -> ModelInfo:
         labels=list(meta.labels),
         input=meta.input.model_dump(),
         stats_layers=list(meta.stats_layers),
-        ood=None if ood is None else ood.model_dump(include={"combine", "threshold", "clean_quantile", "calibration_samples"}),
+        ood=None if ood is None else OodSummary(
+            kind=ood.kind, method=ood.method, threshold=ood.threshold,
+            clean_quantile=ood.clean_quantile, calibration_samples=ood.calibration_samples),
         evaluation=meta.evaluation,
         provenance=None if meta.provenance is None else meta.provenance.model_dump(),
     )

@@ -47,7 +47,7 @@ class LabelProbability(BaseModel):
 
 class OodBlock(BaseModel):
     score: float | None = Field(description="OOD score; larger is further from the training data (null: uncalibrated bundle)")
-    flag: bool | None = Field(description="score > threshold (the clean data's 95th percentile)")
+    flag: bool | None = Field(description="score > threshold (the score's 95th percentile on held-out clean training images)")
     threshold: float | None
     stats: dict[str, float] = Field(description="rbn_stats per normalisation layer")
 
@@ -149,7 +149,8 @@ class AbResponse(BaseModel):
 
 # --- models and health ----------------------------------------------------------------------
 class OodSummary(BaseModel):
-    combine: str
+    kind: str = Field(description="'graph': the graph's `ood_score` output; 'rbn_stats_rms': older bundles, from rbn_stats")
+    method: str = Field(description="the score: e.g. 'maha+energy' (graph) or 'rms_z' (rbn_stats_rms)")
     threshold: float
     clean_quantile: float
     calibration_samples: int
@@ -210,7 +211,9 @@ class ModelMetadata(BaseModel):
         "name": "fmnist-resnet20-rbn", "versions": ["1"], "platform": "onnxruntime_onnx",
         "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 28, 28]}],
         "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]},
-                    {"name": "rbn_stats", "datatype": "FP32", "shape": [-1, 21]}],
+                    {"name": "rbn_stats", "datatype": "FP32", "shape": [-1, 21]},
+                    {"name": "rbn_channel_stats", "datatype": "FP32", "shape": [-1, 784]},
+                    {"name": "ood_score", "datatype": "FP32", "shape": [-1, 1]}],
     })
     name: str
     versions: list[str]
@@ -236,7 +239,7 @@ class InferRequest(BaseModel):
     model_config = _examples({
         "id": "42",
         "inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [-0.81] * 784}],
-        "outputs": [{"name": "logits"}, {"name": "rbn_stats"}],
+        "outputs": [{"name": "logits"}, {"name": "ood_score"}],
     })
     id: str | None = None
     parameters: dict[str, Any] | None = None
@@ -256,7 +259,7 @@ class InferResponse(BaseModel):
     model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"examples": [{
         "model_name": "fmnist-resnet20-rbn", "model_version": "1", "id": "42",
         "outputs": [{"name": "logits", "datatype": "FP32", "shape": [1, 10], "data": [0.1] * 10},
-                    {"name": "rbn_stats", "datatype": "FP32", "shape": [1, 21], "data": [0.8] * 21}],
+                    {"name": "ood_score", "datatype": "FP32", "shape": [1, 1], "data": [-0.41]}],
     }]})
     model_name: str
     model_version: str

@@ -102,5 +102,5 @@ async def infer(request: Request) -> Response:
         raise InvalidTensor(f"input {model.meta.input.name!r} has a batch of {len(parsed.x)}; model {model.name} takes "
                             f"at most {model.max_request_images} images per request (max_queue_size); split the request")
     result = await plane.infer_tensor(model, parsed.x)
-    content, headers, media = oip.encode_infer(model.meta, parsed, {"logits": result.logits, "rbn_stats": result.stats})
+    content, headers, media = oip.encode_infer(model.meta, parsed, result.outputs)
     return Response(content, headers=headers, media_type=media)

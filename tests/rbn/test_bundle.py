@@ -10,16 +10,18 @@ import torch
 
 from rbn.bundle import BundleError, validate_bundle, write_bundle
 from rbn.data import LABELS, MEAN, STD
-from rbn.export import export_onnx, inference_model, stats_layers
-from rbn.ood import calibrate
+from rbn.export import export_onnx, inference_model, stats_channels, stats_layers
+from rbn.ood import calibrate_rms
 from rbn.resnet import resnet20
+from tests.bundles import graph_scored, legacy
 
 
 def meta_for(model, name, norm, stats):
     return {
         "name": name, "architecture": "resnet20", "norm": norm, "labels": list(LABELS),
         "input": {"channels": 1, "height": 28, "width": 28, "mean": [MEAN], "std": [STD]},
-        "stats_layers": stats_layers(model, (1, 28, 28)), "ood": calibrate(stats).model_dump(),
+        "stats_layers": stats_layers(model, (1, 28, 28)), "stats_channels": stats_channels(model, (1, 28, 28)),
+        "ood": calibrate_rms(stats).model_dump(),
     }  # fmt: skip
 
 
@@ -28,7 +30,7 @@ def bundle(tmp_path):
     torch.manual_seed(0)
     model = resnet20("rbn").eval()
     with torch.no_grad():
-        _, stats = inference_model(model)(torch.randn(64, 1, 28, 28))
+        _, stats, _ = inference_model(model)(torch.randn(64, 1, 28, 28))
     return write_bundle(tmp_path, meta_for(model, "tiny-rbn", "rbn", stats.numpy()), export_onnx(model))
 
 
@@ -37,6 +39,41 @@ def test_round_trip(bundle):
     assert meta.name == "tiny-rbn" and len(meta.stats_layers) == 21 and meta.ood.combine == "rms_z"
     config = (bundle / "config.pbtxt").read_text()
     assert 'platform: "onnxruntime_onnx"' in config and "dynamic_batching" in config and "dims: [ 21 ]" in config
+    assert 'name: "rbn_channel_stats", data_type: TYPE_FP32, dims: [ 784 ]' in config
+
+
+def test_graph_scored_bundle_declares_and_checks_its_score_output(tmp_path):
+    meta, onnx_bytes = graph_scored(resnet20("rbn").eval(), "scored-rbn", "rbn")
+    folder = write_bundle(tmp_path, meta, onnx_bytes)
+    assert validate_bundle(folder).ood.kind == "graph"
+    assert 'name: "ood_score", data_type: TYPE_FP32, dims: [ 1 ]' in (folder / "config.pbtxt").read_text()
+    # the same metadata over a graph without the score output is refused, naming the output
+    with pytest.raises(BundleError, match="ood_score"):
+        validate_bundle(write_bundle(tmp_path / "unscored", meta, export_onnx(resnet20("rbn").eval())))
+
+
+def test_legacy_bundle_without_channel_stats_still_validates(tmp_path):
+    """Bundles written before `rbn_channel_stats` and the graph score keep working with their old score."""
+    meta, onnx_bytes = legacy(resnet20("bn").eval(), "old-bn", "bn")
+    assert "stats_channels" not in meta and meta["ood"].get("kind") is None
+    validated = validate_bundle(write_bundle(tmp_path, meta, onnx_bytes))
+    assert validated.ood.kind == "rbn_stats_rms" and validated.stats_channels is None
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda ood: ood.update(threshold=float("nan")), "threshold must be a finite number"),
+    (lambda ood: ood.pop("threshold"), "ood.graph.threshold"),
+    (lambda ood: ood.update(kind="magic"), "ood"),
+    (lambda ood: ood.update(extra_field=1), "extra_field"),
+])
+def test_ill_formed_graph_calibration_is_refused(tmp_path, change, message):
+    meta, onnx_bytes = graph_scored(resnet20("rbn").eval(), "scored-rbn", "rbn")
+    folder = write_bundle(tmp_path, meta, onnx_bytes)
+    doc = json.loads((folder / "model.json").read_text())
+    change(doc["ood"])
+    (folder / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match=message):
+        validate_bundle(folder)
 
 
 def edit_json(bundle, change):
@@ -54,6 +91,7 @@ def edit_json(bundle, change):
         (lambda b: edit_json(b, lambda d: d.pop("labels")), "field labels"),
         (lambda b: edit_json(b, lambda d: d.update(name="other")), "folder name must match"),
         (lambda b: edit_json(b, lambda d: d["stats_layers"].pop()), "ood calibration has 21 layers"),
+        (lambda b: edit_json(b, lambda d: d["stats_channels"].pop()), "stats_channels has 20 entries"),
         (lambda b: edit_json(b, lambda d: d.update(labels=d["labels"][:5])), "config.pbtxt does not match"),
         (lambda b: (b / "config.pbtxt").unlink(), "missing config.pbtxt"),
         (lambda b: (b / "1" / "model.onnx").unlink(), "missing 1/model.onnx"),

@@ -2,13 +2,14 @@ import numpy as np
 import pytest
 
 from rbn.evaluate import auroc, fpr_at_95_tpr, relative_corruption_error
-from rbn.ood import calibrate, combine, score
+from rbn.ood import calibrate_rms as calibrate, combine, rms_score as score
 
 
 def test_auroc_known_values():
     assert auroc(np.array([0, 1, 2.0]), np.array([3, 4, 5.0])) == 1.0
     assert auroc(np.array([3, 4, 5.0]), np.array([0, 1, 2.0])) == 0.0
     assert auroc(np.ones(10), np.ones(7)) == 0.5  # ties count half
+    assert auroc(np.array([0.0, 1.0, 2.0]), np.array([1.0, 3.0])) == pytest.approx(4.5 / 6)  # 1 vs (0, 1, 2): win, tie, loss; 3 beats all
     rng = np.random.default_rng(0)
     assert abs(auroc(rng.normal(size=20000), rng.normal(1, 1, size=20000)) - 0.760) < 0.01  # Phi(1/sqrt 2)
 

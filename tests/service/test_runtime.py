@@ -16,9 +16,11 @@ def test_session_runs_and_warms_up(bundle_repo):
     meta = read_meta(bundle_repo / RBN)
     runtime = ModelRuntime(meta, Bundle(meta, bundle_repo / RBN).onnx_file, "cpu")
     assert runtime.provider == "cpu" and runtime.providers == ["CPUExecutionProvider"]
+    assert runtime.session._enable_fallback is False  # a provider failure in run() is an error, not a silent CPU run
     assert runtime.warm_up(4) > 0
-    logits, stats = runtime.run(np.zeros((3, 1, 28, 28), np.float32))
-    assert logits.shape == (3, 10) and stats.shape == (3, 21)
+    logits, stats, channels, score = runtime.run(np.zeros((3, 1, 28, 28), np.float32))
+    assert runtime.output_names == ["logits", "rbn_stats", "rbn_channel_stats", "ood_score"]
+    assert (logits.shape, stats.shape, channels.shape, score.shape) == ((3, 10), (3, 21), (3, 784), (3, 1))
     assert 1 <= default_threads() <= 8
 
 

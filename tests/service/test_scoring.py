@@ -7,7 +7,8 @@ import pytest
 
 from rbn.bundle import BundleMeta
 from rbn.corruptions import corrupt
-from rbn.ood import calibrate, score
+from rbn.bundle import GraphOodCalibration
+from rbn.ood import calibrate_rms as calibrate, rms_score as score
 from service.compare import corrupt_images, kl_divergence, l1_distance, verdict
 from service.dataplane import parse_label
 from service.errors import InvalidArgument
@@ -32,6 +33,16 @@ def test_scorer_matches_rbn_ood():
         assert block["flag"] == (block["score"] > calibration.threshold) and list(block["stats"]) == ["l1", "l2", "l3"]
 
 
+def test_graph_scored_bundle_reads_the_graph_output():
+    """A bundle with the score in its graph: the service takes `ood_score` as it is, flag against the threshold."""
+    calibration = GraphOodCalibration(method="maha+energy", threshold=1.5, calibration_samples=10, fit_samples=20)
+    scorer = OodScorer(meta(calibration))
+    graph_score = np.array([[0.25], [2.0]], np.float32)
+    np.testing.assert_array_equal(scorer.scores(np.zeros((2, 3)), graph_score), [0.25, 2.0])
+    blocks = [scorer.block(np.zeros(3), s) for s in scorer.scores(np.zeros((2, 3)), graph_score)]
+    assert [(b["score"], b["flag"], b["threshold"]) for b in blocks] == [(0.25, False, 1.5), (2.0, True, 1.5)]
+
+
 def test_uncalibrated_bundle_has_null_score():
     scorer = OodScorer(meta())
     assert scorer.scores(np.ones((2, 3))) is None
@@ -44,7 +55,7 @@ def test_softmax_top_k_describe():
     p = softmax(logits)
     np.testing.assert_allclose(p.sum(axis=1), 1.0)
     assert top_k(p, 2).tolist() == [[1, 0], [0, 1]]  # ties keep the lower index first
-    answers = describe(p, np.zeros((2, 3), np.float32), ["a", "b", "c"], OodScorer(meta()), 5)
+    answers = describe(p, np.zeros((2, 3), np.float32), None, ["a", "b", "c"], OodScorer(meta()), 5)
     assert answers[0]["label"] == "b" and len(answers[0]["top_k"]) == 3
 
 

@@ -36,7 +36,9 @@ def test_health_and_metadata_with_tritonclient(v2):
     assert model["name"] == RBN and model["versions"] == ["1"]
     assert model["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 28, 28]}]
     assert model["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]},
-                                {"name": "rbn_stats", "datatype": "FP32", "shape": [-1, 21]}]
+                                {"name": "rbn_stats", "datatype": "FP32", "shape": [-1, 21]},
+                                {"name": "rbn_channel_stats", "datatype": "FP32", "shape": [-1, 784]},
+                                {"name": "ood_score", "datatype": "FP32", "shape": [-1, 1]}]
 
 
 def test_infer_with_tritonclient_binary_json_and_gzip(v2):
@@ -71,9 +73,10 @@ def test_raw_json_request_and_response(client):
     assert set(answer) == {"model_name", "model_version", "id", "outputs"}
     assert (answer["model_name"], answer["model_version"], answer["id"]) == (RBN, "1", "abc")
     outputs = {o["name"]: o for o in answer["outputs"]}
-    assert list(outputs) == ["logits", "rbn_stats"]
+    assert list(outputs) == ["logits", "rbn_stats", "rbn_channel_stats", "ood_score"]  # all, as the protocol says
     assert outputs["logits"]["datatype"] == "FP32" and outputs["logits"]["shape"] == [2, 10]
     assert len(outputs["logits"]["data"]) == 20 and len(outputs["rbn_stats"]["data"]) == 42
+    assert outputs["rbn_channel_stats"]["shape"] == [2, 784] and outputs["ood_score"]["shape"] == [2, 1]
     flat = dict(body, inputs=[dict(body["inputs"][0], data=X[:2].ravel().tolist())])
     flat.pop("id")
     again = client.post(f"/v2/models/{RBN}/infer", json=flat).json()
@@ -134,7 +137,7 @@ def test_binary_extension_by_hand(client):
 
     head = json.loads(r.content[:length])
     sizes = [o["parameters"]["binary_data_size"] for o in head["outputs"]]
-    assert sizes == [40, 84] and len(r.content) == length + 124
+    assert sizes == [40, 84, 3136, 4] and len(r.content) == length + 40 + 84 + 3136 + 4
     logits = np.frombuffer(r.content[length : length + 40], "<f4")
     assert np.isfinite(logits).all()
     # gzip by hand, and a body whose binary part is short
