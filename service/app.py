@@ -58,7 +58,9 @@ def create_app(settings: Settings) -> FastAPI:
         metrics.rejected.labels(route.path if route is not None else UNMATCHED, code).inc()
 
     errors.install(app, on_reject)
-    app.add_middleware(ObserveRequests, state=state, fast=RawPredict(on_reject))
+    # Added first, so innermost: middleware added later (outside) sees the fast path's requests too.
+    app.add_middleware(RawPredict, router=app.router, on_reject=on_reject)
+    app.add_middleware(ObserveRequests, state=state)
     app.openapi = lambda: _openapi(app)
     return app
 

@@ -114,13 +114,13 @@ class Workers(Executor):
 
 
 class Batcher:
-    """Coalesce concurrent requests for one model into batches; ``run`` blocks and runs in a thread."""
+    """Coalesce concurrent requests for one model into batches; ``run`` blocks and runs in a thread.
+
+    ``max_queue_size`` must hold a full batch (``Settings`` checks it, once, at start-up)."""
 
     def __init__(self, name: str, run: Callable[[np.ndarray], Outputs], max_batch_size: int,
                  max_queue_delay_s: float, max_queue_size: int, instances: int = 1,
                  retry_after_s: int = 1, observer: BatchObserver | None = None) -> None:
-        if max_queue_size < max_batch_size:
-            raise ValueError("max_queue_size must hold at least one full batch")
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s

@@ -1,10 +1,16 @@
-"""A/B comparison: distances between two arms' probabilities, correctness, and server-side corruption."""
+"""A/B comparison: distances between two arms' probabilities, correctness, the per-image result, and
+server-side corruption."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rbn.corruptions import corrupt
+
+if TYPE_CHECKING:
+    from service.model import Description, Model
 
 EPS = 1e-12
 
@@ -37,3 +43,26 @@ def corrupt_images(images: np.ndarray, name: str, severity: int, seed: int) -> n
         for c, channel in enumerate(image):
             out[i, c] = corrupt(channel, name, severity, seed, first_index=i)
     return out
+
+
+def compare(model: Model, baseline: Model, arms: tuple[Description, Description], label: int | None) -> list[dict]:
+    """One ``AbResult`` per image from the two arms' ``Description``s (``model``'s first)."""
+    (a, b), results = arms, []
+    l1, kl = l1_distance(a.probs, b.probs), kl_divergence(a.probs, b.probs)
+    for i, (x, y) in enumerate(zip(a.predictions, b.predictions, strict=True)):
+        item = {
+            "arms": {
+                "rbn": {"model": model.name, "version": model.meta.version, **x},
+                "baseline": {"model": baseline.name, "version": baseline.meta.version, **y},
+            },
+            "agree": x["index"] == y["index"],
+            "l1_distance": float(l1[i]),
+            "kl_divergence": float(kl[i]),
+            "correct": None,
+            "winner": None,
+        }
+        if label is not None:
+            item["correct"] = {"rbn": x["index"] == label, "baseline": y["index"] == label}
+            item["winner"] = verdict(x["index"] == label, y["index"] == label)
+        results.append(item)
+    return results

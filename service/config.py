@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     """Minimum level of log lines."""
     access_log: bool = False
     """Log every HTTP request (costs time on the hot path)."""
+    listen_backlog: int = Field(2048, ge=1)
+    """Connections the kernel queues before the server accepts them (listen(2) backlog)."""
 
     # --- ONNX Runtime -----------------------------------------------------------------------
     providers: Literal["auto", "cuda", "cpu"] = "auto"
@@ -53,7 +55,8 @@ class Settings(BaseSettings):
     max_queue_delay_ms: float = Field(2.0, ge=0)
     """With an inference slot free, how long a batch waits for more requests; an idle runtime runs at once."""
     max_queue_size: int = Field(256, ge=1)
-    """Images waiting per model; beyond it requests get 503 with Retry-After at once (must be >= max_batch_size and max_files)."""
+    """Images waiting per model; beyond it requests get 503 with Retry-After at once (must be >= max_batch_size and max_files).
+    It is also the most images one request may hold: all its batches must fit in the queue at once."""
     instances: int = Field(1, ge=1, le=16)
     """Batches of one model that may run at the same time (Triton's instance count)."""
 
@@ -64,14 +67,26 @@ class Settings(BaseSettings):
     """Largest width x height of an uploaded image, checked before decoding (413 beyond it)."""
     max_files: int = Field(16, ge=1)
     """Most images in one multipart request (413 beyond it)."""
+    max_form_fields: int = Field(32, ge=1)
+    """Most non-file fields in one multipart request (422 beyond it)."""
+    max_form_field_bytes: int = Field(64 * 1024, ge=1024)
+    """Largest non-file field of a multipart request (422 beyond it)."""
     default_top_k: int = Field(3, ge=1)
     """Labels returned per image when the request does not say."""
     retry_after_s: int = Field(1, ge=0)
-    """Value of the Retry-After header on 503 answers."""
+    """Value of the Retry-After header on every 503 answer that asks to retry (queue full, still loading)."""
+
+    # --- decoding ---------------------------------------------------------------------------
+    inline_decode_pixels: int = Field(256 * 256, ge=0)
+    """Images of up to this many pixels are resized on the event loop (cheaper than a thread hop); larger ones in the decode pool."""
+    decode_threads: int = Field(0, ge=0)
+    """Threads of the decode pool for large images; 0 picks min(4, CPUs)."""
 
     # --- shadow traffic and shutdown --------------------------------------------------------
     shadow_fraction: float = Field(0.0, ge=0.0, le=1.0)
     """Fraction of /predict requests whose images also run on the model's baseline, off the request path."""
+    shadow_max_pending: int = Field(1024, ge=1)
+    """Shadow runs waiting or running at most; beyond it they are dropped (counted as backlog)."""
     drain_delay_s: float = Field(0.0, ge=0.0)
     """After SIGTERM: seconds to keep serving with readiness false before closing the listener."""
     graceful_timeout_s: float = Field(30.0, gt=0.0)

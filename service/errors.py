@@ -107,15 +107,10 @@ def is_v2(path: str) -> bool:
     return path == "/v2" or path.startswith("/v2/")
 
 
-def error_body(path: str, code: str, message: str) -> bytes:
-    """The JSON body of an error answer on ``path``."""
-    if is_v2(path):
-        return orjson.dumps({"error": message})
-    return orjson.dumps({"error": {"code": code, "message": message}})
-
-
 def error_response(path: str, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    return Response(error_body(path, code, message), status_code=status, headers=headers, media_type="application/json")
+    """An error answer on ``path``: the Open Inference Protocol's form under /v2, ours elsewhere."""
+    body = {"error": message} if is_v2(path) else {"error": {"code": code, "message": message}}
+    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -126,51 +121,39 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
-def answer_service_error(request: Request, exc: ServiceError, on_reject: Rejected) -> Response:
-    on_reject(request, exc.status, exc.code)
-    return error_response(request.url.path, exc.status, exc.code, exc.message, exc.headers)
+def classify(request: Request, exc: BaseException) -> tuple[int, str, str, dict[str, str] | None]:
+    """Any exception a request raised -> (status, code, message, headers) of its answer."""
+    path = request.url.path
+    if isinstance(exc, ServiceError):
+        return exc.status, exc.code, exc.message, exc.headers
+    if isinstance(exc, RequestValidationError):
+        return (400 if is_v2(path) else 422), "invalid_argument", _validation_message(exc), None
+    if isinstance(exc, StarletteHTTPException):
+        message = str(exc.detail)
+        if exc.status_code == 404 and request.scope.get("route") is None:
+            message = f"no route {request.method} {path}; see /docs"
+        elif exc.status_code == 405:
+            message = f"method {request.method} is not allowed on {path}"
+        return exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), message, getattr(exc, "headers", None)
+    if isinstance(exc, ClientDisconnect):
+        # The client went away mid-upload: its fault, not ours (no 5xx, no traceback).
+        return CLIENT_CLOSED, "client_disconnected", "the client closed the connection", None
+    return 500, "internal", "internal server error; see the server log", None
 
 
-def answer_disconnect(request: Request, on_reject: Rejected) -> Response:
-    # The client went away mid-upload: its fault, not ours (no 5xx, no traceback).
-    on_reject(request, CLIENT_CLOSED, "client_disconnected")
-    return error_response(request.url.path, CLIENT_CLOSED, "client_disconnected", "the client closed the connection")
-
-
-def answer_unexpected(request: Request, on_reject: Rejected) -> Response:
-    on_reject(request, 500, "internal")
-    return error_response(request.url.path, 500, "internal", "internal server error; see the server log")
+def answer(request: Request, exc: BaseException, on_reject: Rejected) -> Response:
+    """The one exception -> response function, for FastAPI's handlers and the fast path alike:
+    counts the rejection and answers in the protocol's error form."""
+    status, code, message, headers = classify(request, exc)
+    on_reject(request, status, code)
+    return error_response(request.url.path, status, code, message, headers)
 
 
 def install(app: FastAPI, on_reject: Rejected) -> None:
-    """Register the error handlers on ``app``; ``on_reject`` counts rejections."""
+    """Route every exception FastAPI sees to ``answer``; ``on_reject`` counts rejections."""
 
-    async def service_error(request: Request, exc: ServiceError) -> Response:
-        return answer_service_error(request, exc, on_reject)
+    async def handler(request: Request, exc: Exception) -> Response:
+        return answer(request, exc, on_reject)
 
-    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        status = 400 if is_v2(request.url.path) else 422
-        on_reject(request, status, "invalid_argument")
-        return error_response(request.url.path, status, "invalid_argument", _validation_message(exc))
-
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        code = _HTTP_CODES.get(exc.status_code, "http_error")
-        message = str(exc.detail)
-        if exc.status_code == 404 and request.scope.get("route") is None:
-            message = f"no route {request.method} {request.url.path}; see /docs"
-        elif exc.status_code == 405:
-            message = f"method {request.method} is not allowed on {request.url.path}"
-        on_reject(request, exc.status_code, code)
-        return error_response(request.url.path, exc.status_code, code, message, getattr(exc, "headers", None))
-
-    async def client_disconnected(request: Request, exc: ClientDisconnect) -> Response:
-        return answer_disconnect(request, on_reject)
-
-    async def unexpected(request: Request, exc: Exception) -> Response:
-        return answer_unexpected(request, on_reject)
-
-    app.add_exception_handler(ServiceError, service_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(ClientDisconnect, client_disconnected)
-    app.add_exception_handler(Exception, unexpected)
+    for kind in (ServiceError, RequestValidationError, StarletteHTTPException, ClientDisconnect, Exception):
+        app.add_exception_handler(kind, handler)

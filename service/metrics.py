@@ -102,6 +102,17 @@ class Metrics:
             if flagged:
                 children[2].inc()
 
+    def observe_ab(self, model: str, baseline: str, corruption: str, severity: int, results: list[dict]) -> None:
+        """An /ab answer's ``results`` (``AbResult``): agreement, and per arm correctness when labelled."""
+        severity_label = str(severity)
+        for item in results:
+            self.ab.labels(model, baseline, corruption, severity_label, str(item["agree"]).lower()).inc()
+            if item["correct"] is not None:
+                self.ab_labelled.labels(model, corruption, severity_label).inc()
+                for arm, right in item["correct"].items():
+                    if right:
+                        self.ab_correct.labels(model, arm, corruption, severity_label).inc()
+
     def batch_observer(self, model: str) -> Callable[[int, float, list[float]], None]:
         size, infer, wait = self.batch_size.labels(model), self.inference_seconds.labels(model), self.queue_wait.labels(model)
 

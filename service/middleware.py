@@ -1,5 +1,6 @@
 """One pure-ASGI middleware: request metrics (route template, model, status, latency), in-flight
-count, and the body-size limit (declared Content-Length or streamed bytes -> 413)."""
+count, and the body-size limit (declared Content-Length or streamed bytes -> 413). It only measures
+and limits; the fast path (``service.fastpath``) is a middleware of its own, inside this one."""
 
 from __future__ import annotations
 
@@ -16,10 +17,9 @@ UNMATCHED = "unmatched"
 
 
 class ObserveRequests:
-    def __init__(self, app, state: ServiceState, fast=None) -> None:
+    def __init__(self, app, state: ServiceState) -> None:
         self.app = app
         self.state = state
-        self.fast = fast  # service.fastpath.RawPredict: takes the requests it ``matches`` past FastAPI
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -53,9 +53,8 @@ class ObserveRequests:
 
         start = time.perf_counter()
         state.in_flight += 1
-        app = self.fast if self.fast is not None and self.fast.matches(scope) else self.app
         try:
-            await app(scope, limited_receive, observed_send)
+            await self.app(scope, limited_receive, observed_send)
         finally:
             state.in_flight -= 1
             route = scope.get("route")

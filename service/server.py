@@ -71,7 +71,7 @@ def serve(settings: Settings) -> int:
         access_log=settings.access_log,
         timeout_graceful_shutdown=settings.graceful_timeout_s,
         lifespan="on",
-        backlog=2048,
+        backlog=settings.listen_backlog,
         server_header=False,
     )
     app.state.service.on_ready = settle_heap

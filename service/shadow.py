@@ -10,32 +10,31 @@ import numpy as np
 
 from service.errors import QueueFull, ServiceError
 from service.metrics import Metrics
-from service.registry import LoadedModel
+from service.model import Model
 
 log = logging.getLogger(__name__)
 
-MAX_PENDING = 1024  # shadow runs in flight at most; beyond it they are dropped
-
 
 class Shadow:
-    def __init__(self, fraction: float, metrics: Metrics, rng: random.Random | None = None) -> None:
+    def __init__(self, fraction: float, max_pending: int, metrics: Metrics, rng: random.Random | None = None) -> None:
         self.fraction = fraction
+        self.max_pending = max_pending  # shadow runs in flight at most; beyond it they are dropped
         self.metrics = metrics
         self._rng = rng or random.Random()
         self._tasks: set[asyncio.Task] = set()
 
-    def maybe_run(self, model: LoadedModel, x: np.ndarray, predicted: np.ndarray) -> None:
+    def maybe_run(self, model: Model, x: np.ndarray, predicted: np.ndarray) -> None:
         """With probability ``fraction``, run ``x`` on the baseline later and count agreement with ``predicted``."""
         if not self.fraction or model.baseline is None or self._rng.random() >= self.fraction:
             return
-        if len(self._tasks) >= MAX_PENDING:
+        if len(self._tasks) >= self.max_pending:
             self.metrics.shadow_dropped.labels(model.name, "backlog").inc(len(x))
             return
         task = asyncio.get_running_loop().create_task(self._run(model, x, predicted))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, model: LoadedModel, x: np.ndarray, predicted: np.ndarray) -> None:
+    async def _run(self, model: Model, x: np.ndarray, predicted: np.ndarray) -> None:
         baseline = model.baseline
         try:
             result = await baseline.infer(x)

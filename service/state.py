@@ -6,16 +6,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 from service.batching import Workers
 from service.config import Settings
+from service.decoding import Decoder
 from service.errors import ModelNotFound, NotReady
 from service.metrics import LiveState, Metrics
-from service.registry import LoadedModel, choose_primary, load_all
+from service.model import Model, choose_primary, load_all
 from service.repository import scan
-from service.runtime import ModelRuntime, ProviderError, available_cpus, provider_list
+from service.runtime import ModelRuntime, ProviderError, provider_list
 from service.shadow import Shadow
 
 log = logging.getLogger(__name__)
@@ -33,14 +33,14 @@ class ServiceState:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.models: dict[str, LoadedModel] = {}
+        self.models: dict[str, Model] = {}
         self.primary: str | None = None
         self.errors: dict[str, str] = {}  # bundle -> why it is not served
         self.phase: Phase = "loading"
         self.fatal: str | None = None
         self.in_flight = 0
-        self.shadow = Shadow(settings.shadow_fraction, metrics)
-        self.decode_pool = ThreadPoolExecutor(max(1, min(4, available_cpus())), thread_name_prefix="decode")
+        self.shadow = Shadow(settings.shadow_fraction, settings.shadow_max_pending, metrics)
+        self.decoder = Decoder(settings)
         self.on_fatal: Callable[[str], None] | None = None  # set by the server runner to exit the process
         self.on_ready: Callable[[], None] | None = None  # set by the server runner: process-wide tuning
         self._loader: asyncio.Task | None = None
@@ -56,11 +56,12 @@ class ServiceState:
         queues = {name: (m.batcher.queued_images, m.batcher.running) for name, m in self.models.items()}
         return LiveState(self.ready, self.in_flight, queues)
 
-    def model(self, name: str | None) -> LoadedModel:
+    def model(self, name: str | None) -> Model:
         """The named model, or the primary one; 404 for a name not served, 503 while loading."""
         if not self.models:
             if self.phase == "loading":
-                raise NotReady("models are still loading and warming up; retry shortly", headers={"Retry-After": "1"})
+                raise NotReady("models are still loading and warming up; retry shortly",
+                               headers={"Retry-After": str(self.settings.retry_after_s)})
             raise NotReady(f"no model is being served ({self.fatal or self.phase})")
         key = name or self.primary
         model = self.models.get(key)
@@ -117,7 +118,7 @@ class ServiceState:
         try:
             # A daemon thread: a warm-up that hangs must not keep a stopped process alive (to_thread's is joined at exit).
             workers = Workers(1, "load-models")
-            self._loading = asyncio.wrap_future(workers.submit(load_all, bundles, self.settings, self.metrics, self.errors))
+            self._loading = asyncio.wrap_future(workers.submit(load_all, bundles, self.settings, self.metrics, self.decoder, self.errors))
             workers.shutdown(wait=False)  # the thread ends after this one call
             models = await asyncio.shield(self._loading)
             norms = {name: m.meta.norm for name, m in models.items()}
@@ -179,4 +180,4 @@ class ServiceState:
         await self.shadow.stop()
         timeout = self.settings.graceful_timeout_s
         await asyncio.gather(*(m.batcher.stop(timeout) for m in self.models.values() if m.batcher.started))
-        self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.decoder.shutdown()

@@ -7,14 +7,14 @@ from fastapi import APIRouter, Request
 from service.api.deps import State
 from service.api.schemas import ErrorResponse, ModelInfo, ModelsResponse, OodSummary
 from service.middleware import MODEL_KEY
-from service.registry import LoadedModel
+from service.model import Model
 from service.shipped import package_version
 from service.state import ServiceState
 
 router = APIRouter(tags=["models"])
 
 
-def describe_model(model: LoadedModel, state: ServiceState) -> ModelInfo:
+def describe_model(model: Model, state: ServiceState) -> ModelInfo:
     meta = model.meta
     ood = meta.ood
     return ModelInfo(

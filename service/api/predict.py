@@ -18,7 +18,7 @@ router = APIRouter(tags=["inference"])
     "/predict",
     response_model=PredictResponse,
     responses=ERRORS,
-    openapi_extra={**IMAGE_BODY, "parameters": [params.MODEL_DOC, params.TOP_K_DOC]},
+    openapi_extra={**IMAGE_BODY, "parameters": [params.MODEL.doc, params.TOP_K.doc]},
     summary="Classify image(s)",
     description=(
         "Send an image as the raw body (`Content-Type: image/*`) or as multipart field(s) `file`. "
@@ -28,10 +28,11 @@ router = APIRouter(tags=["inference"])
     ),
 )
 async def predict(request: Request) -> Response:
-    # The hot route: parameters are read by hand (see service.api.params), the answer is a plain dict.
+    # The hot route: parameters are read by hand (service.api.params), the answer is a plain dict
+    # (shape: PredictResponse).
     state, plane = request.app.state.service, request.app.state.plane
-    served = state.model(params.text(request, "model"))
+    served = state.model(params.MODEL.read(request))
     request.scope[MODEL_KEY] = served.name
-    top_k = params.integer(request, "top_k", 1, 1000) or state.settings.default_top_k
+    top_k = params.TOP_K.read(request) or state.settings.default_top_k
     uploads = await read_uploads(request, state.settings)
     return json_response(await plane.predict(served, uploads, top_k))

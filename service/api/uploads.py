@@ -7,7 +7,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service.config import Settings
-from service.dataplane import Upload
+from service.decoding import Upload
 from service.errors import InvalidArgument, TooManyFiles, UnsupportedMediaType
 
 FIELD = "file"
@@ -57,7 +57,8 @@ async def read_uploads(request: Request, settings: Settings) -> list[Upload]:
 
 async def _multipart(request: Request, settings: Settings) -> list[Upload]:
     parser = MultiPartParser(request.headers, request.stream(), max_files=settings.max_files,
-                             max_fields=32, max_part_size=64 * 1024)
+                             max_fields=settings.max_form_fields,
+                             max_part_size=settings.max_form_field_bytes)
     try:
         form = await parser.parse()
     except MultiPartException as exc:

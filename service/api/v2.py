@@ -13,7 +13,7 @@ from service.api.deps import State, json_response
 from service.api.schemas import InferRequest, InferResponse, ModelMetadata, ServerMetadata, V2Error
 from service.errors import InvalidTensor, ModelNotFound
 from service.middleware import MODEL_KEY
-from service.registry import LoadedModel
+from service.model import Model
 from service.state import ServiceState
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
@@ -22,7 +22,7 @@ V2_ERRORS = {400: {"model": V2Error}, 404: {"model": V2Error}, 503: {"model": V2
 HEALTH = {200: {"description": "true (empty body)"}, 400: {"description": "false (empty body)"}}
 
 
-def _model(state: ServiceState, request: Request, name: str, version: str | None) -> LoadedModel:
+def _model(state: ServiceState, request: Request, name: str, version: str | None) -> Model:
     model = state.model(name)
     if version is not None and version != str(model.meta.version):
         raise ModelNotFound(f"model {name!r} has no version {version!r}; served: {model.meta.version}")
@@ -98,9 +98,10 @@ async def infer(request: Request) -> Response:
     limit = state.settings.max_body_bytes
     body = oip.decompress(await request.body(), request.headers.get("content-encoding"), limit)
     parsed = oip.parse_infer(body, request.headers.get(oip.HEADER_LENGTH), model.meta)
-    if len(parsed.x) > model.max_request_images:  # could never be queued: 503 + Retry-After would be retried forever
+    queue = state.settings.max_queue_size  # all of a request's batches wait in the queue at once
+    if len(parsed.x) > queue:  # could never be queued: 503 + Retry-After would be retried forever
         raise InvalidTensor(f"input {model.meta.input.name!r} has a batch of {len(parsed.x)}; model {model.name} takes "
-                            f"at most {model.max_request_images} images per request (max_queue_size); split the request")
+                            f"at most {queue} images per request (max_queue_size); split the request")
     result = await plane.infer_tensor(model, parsed.x)
     content, headers, media = oip.encode_infer(model.meta, parsed, result.outputs)
     return Response(content, headers=headers, media_type=media)

@@ -85,7 +85,7 @@ def write_batch_one_bundle(repo: Path, like: Path, name: str = "test-batch-one")
          helper.make_tensor_value_info("rbn_stats", TensorProto.FLOAT, ["batch", layers])], weights)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    for key in ("onnx_sha256", "ood", "evaluation", "provenance", "baseline"):
+    for key in ("onnx_sha256", "ood", "evaluation", "provenance", "baseline", "stats_channels"):
         fields.pop(key, None)
     fields.update(name=name, norm="bn", stats_layers=[f"layer{i}" for i in range(layers)])
     return write_bundle(repo, fields, model.SerializeToString())
@@ -140,7 +140,7 @@ def write_slow_bundle(repo: Path, like: Path, name: str = "test-slow", extra_ite
          helper.make_tensor_value_info("rbn_stats", f32, ["batch", layers])], weights)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    for key in ("onnx_sha256", "ood", "evaluation", "provenance", "baseline"):
+    for key in ("onnx_sha256", "ood", "evaluation", "provenance", "baseline", "stats_channels"):
         fields.pop(key, None)
     fields.update(name=name, norm="bn", stats_layers=[f"layer{i}" for i in range(layers)])
     return write_bundle(repo, fields, model.SerializeToString())

@@ -1,16 +1,16 @@
-"""Which requests take the fast path past FastAPI (service.fastpath), and that the middleware sends them there."""
+"""Which requests take the fast path past FastAPI (service.fastpath), where it sits in the
+middleware stack, and its error answers. In process: no server."""
 
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 
+from service.api import predict
 from service.config import Settings
 from service.fastpath import RawPredict
-from service.metrics import Metrics
-from service.middleware import ObserveRequests
-from service.state import ServiceState
 
 
 def scope(method: str = "POST", path: str = "/predict", content_type: str | None = "image/png") -> dict:
@@ -36,48 +36,71 @@ def test_which_requests_take_the_fast_path(request_scope, fast):
     assert RawPredict.matches(request_scope) is fast
 
 
-def test_the_middleware_sends_matching_requests_to_the_fast_path():
+def test_the_fast_path_takes_matching_requests_and_passes_the_others_on():
+    from fastapi import FastAPI
+
     calls = []
-
-    class Spy:
-        matches = staticmethod(RawPredict.matches)
-
-        async def __call__(self, scope, receive, send):
-            calls.append(("fast", scope["path"]))
-            await send({"type": "http.response.start", "status": 200, "headers": []})
-            await send({"type": "http.response.body", "body": b"{}"})
 
     async def framework(scope, receive, send):
         calls.append(("fastapi", scope["path"]))
         await send({"type": "http.response.start", "status": 415, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
 
-    state = ServiceState(Settings(), Metrics())
-    try:
-        app = ObserveRequests(framework, state, fast=Spy())
+    app = FastAPI()
+    app.include_router(predict.router)
+    app.state.service = SimpleNamespace(model=lambda name: SimpleNamespace(name="m"), settings=Settings())
 
-        async def receive():
-            return {"type": "http.request", "body": b"", "more_body": False}
+    class Plane:
+        async def predict(self, model, uploads, top_k):
+            calls.append(("fast", len(uploads)))
+            return {}
 
-        async def send(message):
-            pass
+    app.state.plane = Plane()
+    fast = RawPredict(framework, app.router, lambda request, status, code: None)
 
-        async def drive():
-            await app(scope(), receive, send)
-            await app(scope(content_type="text/plain"), receive, send)
+    async def receive():
+        return {"type": "http.request", "body": b"png", "more_body": False}
 
-        asyncio.run(drive())
-    finally:
-        state.decode_pool.shutdown()
-    assert calls == [("fast", "/predict"), ("fastapi", "/predict")]
-    assert state.in_flight == 0
+    async def send(message):
+        pass
+
+    async def drive():
+        await fast({**scope(), "app": app}, receive, send)
+        await fast({**scope(content_type="text/plain"), "app": app}, receive, send)
+
+    asyncio.run(drive())
+    assert calls == [("fast", 1), ("fastapi", "/predict")]
+
+
+def test_the_fast_path_is_the_innermost_middleware_and_refuses_dependencies(tmp_path):
+    from fastapi import Depends, FastAPI
+    from starlette.middleware.exceptions import ExceptionMiddleware
+
+    from service.app import create_app
+    from service.middleware import ObserveRequests
+
+    app = create_app(Settings())
+    assert [m.cls for m in app.user_middleware] == [ObserveRequests, RawPredict]  # outermost first
+    stack = app.build_middleware_stack()
+    layers = []
+    while hasattr(stack, "app"):
+        layers.append(type(stack))
+        stack = stack.app
+    assert layers.index(ObserveRequests) < layers.index(RawPredict) < layers.index(ExceptionMiddleware)
+
+    async def audit() -> None:
+        pass
+
+    guarded = FastAPI(dependencies=[Depends(audit)])
+    guarded.include_router(predict.router)
+    with pytest.raises(RuntimeError, match="dependencies"):
+        RawPredict(None, guarded.router, lambda request, status, code: None)
 
 
 def test_an_unexpected_error_on_the_fast_path_is_a_logged_500_in_our_error_form(caplog):
     """Nothing outside can make the data plane fail unexpectedly on demand, so the app's state is
     stubbed here: the route's own code runs, the data plane raises."""
     import json
-    from types import SimpleNamespace
 
     from fastapi import FastAPI
 
@@ -86,10 +109,11 @@ def test_an_unexpected_error_on_the_fast_path_is_a_logged_500_in_our_error_form(
             raise RuntimeError("boom")
 
     app = FastAPI()
+    app.include_router(predict.router)
     app.state.service = SimpleNamespace(model=lambda name: SimpleNamespace(name="m"), settings=Settings())
     app.state.plane = Broken()
     rejected = []
-    fast = RawPredict(lambda request, status, code: rejected.append((status, code)))
+    fast = RawPredict(None, app.router, lambda request, status, code: rejected.append((status, code)))
     sent = []
 
     async def receive():

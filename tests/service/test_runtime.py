@@ -65,22 +65,25 @@ def test_scan_reports_bad_bundles(served_repo):
 
 
 def test_load_all_skips_any_failure_but_provider_errors(bundle_repo, monkeypatch):
-    from service import registry
+    from service import model
     from service.config import Settings
+    from service.decoding import Decoder
     from service.metrics import Metrics
 
     bundles = scan(bundle_repo).bundles
 
     def failing(error: Exception):
-        def load_model(bundle, settings, metrics):
+        def load_model(bundle, settings, metrics, decoder):
             raise error
         return load_model
 
     settings = Settings(model_repository=bundle_repo, providers="cpu")
-    monkeypatch.setattr(registry, "load_model", failing(RuntimeError("CUDA out of memory\nmore detail")))
+    decoder = Decoder(settings)
+    monkeypatch.setattr(model, "load_model", failing(RuntimeError("CUDA out of memory\nmore detail")))
     errors: dict[str, str] = {}
-    assert registry.load_all(bundles, settings, Metrics(), errors) == {}
+    assert model.load_all(bundles, settings, Metrics(), decoder, errors) == {}
     assert errors == {b.name: f"{b.name}: RuntimeError: CUDA out of memory" for b in bundles}
-    monkeypatch.setattr(registry, "load_model", failing(ProviderError("providers=cuda but ...")))
+    monkeypatch.setattr(model, "load_model", failing(ProviderError("providers=cuda but ...")))
     with pytest.raises(ProviderError):
-        registry.load_all(bundles, settings, Metrics(), {})
+        model.load_all(bundles, settings, Metrics(), decoder, {})
+    decoder.shutdown()

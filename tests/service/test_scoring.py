@@ -10,7 +10,7 @@ from rbn.corruptions import corrupt
 from rbn.bundle import GraphOodCalibration
 from rbn.ood import calibrate_rms as calibrate, rms_score as score
 from service.compare import corrupt_images, kl_divergence, l1_distance, verdict
-from service.dataplane import parse_label
+from service.model import parse_label
 from service.errors import InvalidArgument
 from service.ood import OodScorer
 from service.predictions import describe, softmax, top_k
