@@ -10,7 +10,7 @@ from fastapi.openapi.utils import get_openapi
 
 from service import errors
 from service.api import ab, health, models, predict, v2
-from service.api.schemas import InferRequest
+from service.api.schemas.oip import InferRequest
 from service.config import Settings
 from service.dataplane import DataPlane
 from service.fastpath import RawPredict

@@ -44,7 +44,7 @@ def model_metadata(meta: BundleMeta) -> dict:
 
 
 @dataclass(frozen=True)
-class InferRequest:
+class ParsedInfer:
     x: np.ndarray  # float32 (N, C, H, W)
     outputs: list[tuple[str, bool]]  # (output name, as binary data)
     id: str | None = None
@@ -69,7 +69,7 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     return data
 
 
-def parse_infer(body: bytes, header_length: str | None, meta: BundleMeta) -> InferRequest:
+def parse_infer(body: bytes, header_length: str | None, meta: BundleMeta) -> ParsedInfer:
     """Decode an infer request (JSON, or JSON header + binary tensors) for ``meta``'s input."""
     head, tail = body, b""
     if header_length is not None:
@@ -91,9 +91,9 @@ def parse_infer(body: bytes, header_length: str | None, meta: BundleMeta) -> Inf
     x, used = _input_tensor(inputs[0], tail, meta)
     if used != len(tail):
         raise InvalidTensor(f"{len(tail) - used} bytes of binary data are not claimed by any input")
-    params = request.get("parameters") or {}
-    binary = _flag(params, "binary_data_output")
-    return InferRequest(x, _requested_outputs(request.get("outputs"), binary, list(graph_outputs(meta))), request_id)
+    params = request.get("parameters")
+    binary = _flag({} if params is None else params, "binary_data_output")
+    return ParsedInfer(x, _requested_outputs(request.get("outputs"), binary, list(graph_outputs(meta))), request_id)
 
 
 def _flag(params: object, key: str, default: bool = False) -> bool:
@@ -163,7 +163,7 @@ def _requested_outputs(outputs: object, binary_default: bool, names: list[str]) 
     return requested
 
 
-def encode_infer(meta: BundleMeta, request: InferRequest, tensors: dict[str, np.ndarray]) -> tuple[bytes, dict[str, str], str]:
+def encode_infer(meta: BundleMeta, request: ParsedInfer, tensors: dict[str, np.ndarray]) -> tuple[bytes, dict[str, str], str]:
     """The response body, extra headers and media type (JSON, or JSON header + binary tensors)."""
     answer: dict = {"model_name": meta.name, "model_version": str(meta.version)}
     if request.id is not None:

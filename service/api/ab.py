@@ -6,12 +6,12 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service.api import params
-from service.api.deps import json_response
-from service.api.schemas import ERRORS, AbResponse, ErrorResponse
+from service.api.deps import json_response, lookup
+from service.api.schemas.common import ERRORS, ErrorResponse
+from service.api.schemas.inference import AbResponse
 from service.api.uploads import IMAGE_BODY, read_uploads
 from service.dataplane import CorruptionRequest
 from service.errors import InvalidArgument
-from service.middleware import MODEL_KEY
 
 router = APIRouter(tags=["inference"])
 
@@ -38,8 +38,7 @@ async def ab(request: Request) -> Response:
     model, corruption, severity, seed, label, top_k = (p.read(request) for p in PARAMS)
     if severity is not None and corruption is None:
         raise InvalidArgument("severity needs a corruption")
-    served = state.model(model)
-    request.scope[MODEL_KEY] = served.name
+    served = lookup(request, model)
     shift = None if corruption is None else CorruptionRequest(corruption, severity or DEFAULT_SEVERITY, seed or 0)
     index = served.label_index(label)
     uploads = await read_uploads(request, state.settings)

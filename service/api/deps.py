@@ -9,6 +9,9 @@ from fastapi import Depends, Request
 from starlette.responses import Response
 
 from service.dataplane import DataPlane
+from service.errors import ModelNotFound
+from service.middleware import MODEL_KEY
+from service.model import Model
 from service.state import ServiceState
 
 
@@ -22,6 +25,15 @@ async def get_plane(request: Request) -> DataPlane:
 
 State = Annotated[ServiceState, Depends(get_state)]
 Plane = Annotated[DataPlane, Depends(get_plane)]
+
+
+def lookup(request: Request, name: str | None, version: str | None = None) -> Model:
+    """The model a request names (or the primary one), recorded on the scope for the metrics' model label."""
+    model = request.app.state.service.model(name)
+    if version is not None and version != str(model.meta.version):
+        raise ModelNotFound(f"model {name!r} has no version {version!r}; served: {model.meta.version}")
+    request.scope[MODEL_KEY] = model.name
+    return model
 
 
 def json_response(content: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:

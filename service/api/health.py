@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from service.api.deps import State, json_response
-from service.api.schemas import Health, Readiness
+from service.api.schemas.operations import Health, Readiness
 from service.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["operations"])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from service.api.deps import State
-from service.api.schemas import ErrorResponse, ModelInfo, ModelsResponse, OodSummary
-from service.middleware import MODEL_KEY
+from service.api.deps import State, lookup
+from service.api.schemas.common import ErrorResponse
+from service.api.schemas.operations import ModelInfo, ModelsResponse, OodSummary
 from service.model import Model
 from service.shipped import package_version
 from service.state import ServiceState
@@ -50,6 +50,4 @@ async def list_models(state: State) -> ModelsResponse:
 
 @router.get("/models/{name}", response_model=ModelInfo, responses={404: {"model": ErrorResponse}}, summary="One model")
 async def get_model(name: str, request: Request, state: State) -> ModelInfo:
-    model = state.model(name)
-    request.scope[MODEL_KEY] = model.name
-    return describe_model(model, state)
+    return describe_model(lookup(request, name), state)

@@ -6,10 +6,10 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service.api import params
-from service.api.deps import json_response
-from service.api.schemas import ERRORS, PredictResponse
+from service.api.deps import json_response, lookup
+from service.api.schemas.common import ERRORS
+from service.api.schemas.inference import PredictResponse
 from service.api.uploads import IMAGE_BODY, read_uploads
-from service.middleware import MODEL_KEY
 
 router = APIRouter(tags=["inference"])
 
@@ -31,8 +31,7 @@ async def predict(request: Request) -> Response:
     # The hot route: parameters are read by hand (service.api.params), the answer is a plain dict
     # (shape: PredictResponse).
     state, plane = request.app.state.service, request.app.state.plane
-    served = state.model(params.MODEL.read(request))
-    request.scope[MODEL_KEY] = served.name
+    served = lookup(request, params.MODEL.read(request))
     top_k = params.TOP_K.read(request) or state.settings.default_top_k
     uploads = await read_uploads(request, state.settings)
     return json_response(await plane.predict(served, uploads, top_k))

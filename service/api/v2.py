@@ -9,25 +9,25 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service import oip
-from service.api.deps import State, json_response
-from service.api.schemas import InferRequest, InferResponse, ModelMetadata, ServerMetadata, V2Error
-from service.errors import InvalidTensor, ModelNotFound
-from service.middleware import MODEL_KEY
+from service.api.deps import State, json_response, lookup
+from service.api.schemas.oip import InferRequest, InferResponse, ModelMetadata, ServerMetadata, V2Error
+from service.errors import InvalidTensor
 from service.model import Model
-from service.state import ServiceState
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 
 V2_ERRORS = {400: {"model": V2Error}, 404: {"model": V2Error}, 503: {"model": V2Error}}
 HEALTH = {200: {"description": "true (empty body)"}, 400: {"description": "false (empty body)"}}
 
+# The path parameters, declared once and read by hand (``_model``): no per-request dependency solving.
+NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}, "description": "model name"}
+VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}, "description": "model version"}
+UNVERSIONED, VERSIONED = {"parameters": [NAME]}, {"parameters": [NAME, VERSION]}
 
-def _model(state: ServiceState, request: Request, name: str, version: str | None) -> Model:
-    model = state.model(name)
-    if version is not None and version != str(model.meta.version):
-        raise ModelNotFound(f"model {name!r} has no version {version!r}; served: {model.meta.version}")
-    request.scope[MODEL_KEY] = model.name
-    return model
+
+def _model(request: Request) -> Model:
+    path = request.path_params
+    return lookup(request, path["name"], path.get("version"))
 
 
 def _truth(value: bool) -> Response:
@@ -49,19 +49,20 @@ async def ready(state: State) -> Response:
     return _truth(state.ready)
 
 
-@router.get("/models/{name}", response_model=ModelMetadata, responses=V2_ERRORS, summary="Model metadata")
+@router.get("/models/{name}", response_model=ModelMetadata, responses=V2_ERRORS, openapi_extra=UNVERSIONED,
+            summary="Model metadata")
 @router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, responses=V2_ERRORS,
-            summary="Model metadata (version)")
-async def model_metadata(name: str, request: Request, state: State, version: str | None = None) -> Response:
-    return json_response(oip.model_metadata(_model(state, request, name, version).meta))
+            openapi_extra=VERSIONED, summary="Model metadata (version)")
+async def model_metadata(request: Request) -> Response:
+    return json_response(oip.model_metadata(_model(request).meta))
 
 
 @router.get("/models/{name}/ready", responses={**HEALTH, 404: {"model": V2Error}}, response_class=Response,
-            summary="Model ready")
+            openapi_extra=UNVERSIONED, summary="Model ready")
 @router.get("/models/{name}/versions/{version}/ready", responses={**HEALTH, 404: {"model": V2Error}},
-            response_class=Response, summary="Model ready (version)")
-async def model_ready(name: str, request: Request, state: State, version: str | None = None) -> Response:
-    model = _model(state, request, name, version)
+            response_class=Response, openapi_extra=VERSIONED, summary="Model ready (version)")
+async def model_ready(request: Request) -> Response:
+    model, state = _model(request), request.app.state.service
     return _truth(model.batcher.started and state.phase in ("ready", "draining"))
 
 
@@ -80,21 +81,13 @@ _INFER_BODY = {
 }
 
 
-_PATH_DOCS = [
-    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}, "description": "model name"},
-]
-_VERSION_DOC = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}, "description": "model version"}
-
-
 @router.post("/models/{name}/infer", response_model=InferResponse, responses=V2_ERRORS,
-             openapi_extra={**_INFER_BODY, "parameters": _PATH_DOCS}, summary="Infer on a preprocessed FP32 tensor")
+             openapi_extra={**_INFER_BODY, **UNVERSIONED}, summary="Infer on a preprocessed FP32 tensor")
 @router.post("/models/{name}/versions/{version}/infer", response_model=InferResponse, responses=V2_ERRORS,
-             openapi_extra={**_INFER_BODY, "parameters": [*_PATH_DOCS, _VERSION_DOC]}, summary="Infer (version)")
+             openapi_extra={**_INFER_BODY, **VERSIONED}, summary="Infer (version)")
 async def infer(request: Request) -> Response:
-    # A hot route: path parameters read by hand, no per-request dependency solving.
     state, plane = request.app.state.service, request.app.state.plane
-    path = request.path_params
-    model = _model(state, request, path["name"], path.get("version"))
+    model = _model(request)
     limit = state.settings.max_body_bytes
     body = oip.decompress(await request.body(), request.headers.get("content-encoding"), limit)
     parsed = oip.parse_infer(body, request.headers.get(oip.HEADER_LENGTH), model.meta)

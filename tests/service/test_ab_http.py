@@ -10,7 +10,7 @@ from svc_support import BN, RBN
 from rbn.bundle import read_meta
 from rbn.corruptions import corrupt
 from rbn.data import LABELS
-from service.api.schemas import AbResponse
+from service.api.schemas.inference import AbResponse
 from service.imaging import Normaliser, decode
 
 

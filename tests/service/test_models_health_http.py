@@ -5,7 +5,7 @@ from __future__ import annotations
 from svc_support import BN, BROKEN, RBN
 
 from rbn.data import LABELS
-from service.api.schemas import ModelInfo, ModelsResponse
+from service.api.schemas.operations import ModelInfo, ModelsResponse
 
 
 def test_models_list(client):

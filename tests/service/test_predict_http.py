@@ -13,7 +13,7 @@ from PIL import Image
 from svc_support import BN, RBN, encode
 
 from rbn.data import LABELS
-from service.api.schemas import PredictResponse
+from service.api.schemas.inference import PredictResponse
 
 
 def post_image(client, data: bytes, content_type: str = "image/png", **params):
