@@ -1,0 +1,63 @@
+"""One exception -> response function for every path (service.errors.answer), in process: status,
+stable code, message, headers, the protocol's error form, and the rejection it counts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+
+from service import errors
+
+
+def request(path: str, method: str = "POST", route: object = None) -> Request:
+    scope = {"type": "http", "method": method, "path": path, "headers": [], "query_string": b""}
+    if route is not None:
+        scope["route"] = route
+    return Request(scope)
+
+
+def answered(path: str, exc: BaseException, method: str = "POST", route: object = None):
+    rejected = []
+    response = errors.answer(request(path, method, route), exc, lambda r, status, code: rejected.append((status, code)))
+    return response.status_code, json.loads(response.body), dict(response.headers), rejected
+
+
+@pytest.mark.parametrize("cls", [c for c in vars(errors).values()
+                                 if isinstance(c, type) and issubclass(c, errors.ServiceError)])
+def test_every_service_error_in_both_forms(cls):
+    status, body, _, rejected = answered("/predict", cls("why"))
+    assert (status, body, rejected) == (cls.status, {"error": {"code": cls.code, "message": "why"}}, [(cls.status, cls.code)])
+    status, body, _, rejected = answered("/v2/models/m/infer", cls("why"))
+    assert (status, body, rejected) == (cls.status, {"error": "why"}, [(cls.status, cls.code)])
+
+
+def test_headers_travel_with_the_answer():
+    _, _, headers, _ = answered("/predict", errors.QueueFull("full", headers={"Retry-After": "4"}))
+    assert headers["retry-after"] == "4"
+
+
+def test_validation_errors_are_422_here_and_400_under_v2():
+    exc = RequestValidationError([{"loc": ("query", "top_k"), "msg": "too big"}])
+    assert answered("/predict", exc)[:2] == (422, {"error": {"code": "invalid_argument", "message": "query.top_k: too big"}})
+    assert answered("/v2/models/m", exc)[:2] == (400, {"error": "query.top_k: too big"})
+
+
+def test_http_errors_name_the_route_or_method():
+    status, body, _, rejected = answered("/nope", HTTPException(404), method="GET")
+    assert (status, body["error"]["code"], rejected) == (404, "not_found", [(404, "not_found")])
+    assert body["error"]["message"] == "no route GET /nope; see /docs"
+    status, body, _, _ = answered("/predict", HTTPException(405), method="GET", route=object())
+    assert (status, body["error"]) == (405, {"code": "method_not_allowed", "message": "method GET is not allowed on /predict"})
+
+
+def test_a_client_that_left_and_an_unexpected_error():
+    status, body, _, rejected = answered("/predict", ClientDisconnect())
+    assert (status, body["error"]["code"], rejected) == (errors.CLIENT_CLOSED, "client_disconnected",
+                                                          [(499, "client_disconnected")])
+    status, body, _, rejected = answered("/ab", RuntimeError("secret detail"))
+    assert (status, rejected) == (500, [(500, "internal")])
+    assert body == {"error": {"code": "internal", "message": "internal server error; see the server log"}}
