@@ -47,7 +47,7 @@ from bench.common import (  # noqa: E402
 from bench.inprocess import DEFAULT_BATCHES, Point, best, limit_table, load_runtimes, parse_batches  # noqa: E402
 from bench.inprocess import markdown_table as limit_markdown  # noqa: E402
 from service.config import Settings  # noqa: E402
-from service.registry import choose_primary  # noqa: E402
+from service.model import choose_primary  # noqa: E402
 from service.repository import scan  # noqa: E402
 from service.runtime import default_threads  # noqa: E402
 
