@@ -5,9 +5,10 @@ client running the same model.onnx gets the same number, with no calibration fil
 step. The nodes read the graph's own `logits` and `rbn_channel_stats` outputs; the constants
 (whiteners, centres, standardisation) are initialisers. Torch-free.
 
-Per layer l (channels [a, b) of `rbn_channel_stats`):
-    y_l = x[:, a:b] @ W_l;  d_l = min_k sum_c (y_l - centre_lk)^2          (N, 1)
-then ood_score = concat(d_1..d_L) @ alpha + beta * logsumexp(logits) + gamma   (N, 1),
+Per layer l (channels [a, b) of `rbn_channel_stats`; consecutive layers of equal width share one
+batched MatMul):
+    y_l = x[:, a:b] @ W_l;  d_l = min_k sum_c (y_l - centre_lk)^2          (N,)
+then ood_score = [d_1..d_L] @ alpha + beta * logsumexp(logits) + gamma   (N, 1),
 the linear form rbn.ood.Scorer.layer_coefficients gives (energy = -logsumexp).
 """
 
@@ -39,16 +40,35 @@ class _Builder:
         return full
 
 
-def _layer_distance(b: _Builder, index: int, start: int, stop: int, whitener: np.ndarray, centres: np.ndarray) -> str:
-    """(N, 1) squared Mahalanobis distance of layer ``index`` to its nearest mean."""
-    tag = f"l{index}"
+def _groups(channels: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    """(first layer, layer count, width) of each run of consecutive layers with the same width.
+
+    A ResNet's layers come in runs (seven of 16 channels, seven of 32, seven of 64), and one batched
+    MatMul per run costs a handful of graph nodes instead of six per layer.
+    """
+    runs: list[tuple[int, int, int]] = []
+    for i, width in enumerate(channels):
+        if runs and runs[-1][2] == width:
+            first, count, _ = runs[-1]
+            runs[-1] = (first, count + 1, width)
+        else:
+            runs.append((i, 1, width))
+    return runs
+
+
+def _run_distances(b: _Builder, tag: str, start: int, gaussians: list, width: int) -> str:
+    """(N, m) squared Mahalanobis distances of ``m`` consecutive layers of ``width`` channels each."""
+    m = len(gaussians)
+    stop = start + m * width
     x = b.node("Slice", [CHANNEL_STATS_NAME, b.const(f"{tag}/start", [start], np.int64),
                          b.const(f"{tag}/stop", [stop], np.int64), b.const(f"{tag}/axis", [1], np.int64)], f"{tag}/x")
-    y = b.node("MatMul", [x, b.const(f"{tag}/whitener", whitener)], f"{tag}/y")  # (N, C)
-    y3 = b.node("Unsqueeze", [y, b.const(f"{tag}/axis1", [1], np.int64)], f"{tag}/y3")  # (N, 1, C)
-    diff = b.node("Sub", [y3, b.const(f"{tag}/centres", centres)], f"{tag}/diff")  # (N, K, C)
-    squares = b.node("ReduceSumSquare", [diff, b.const(f"{tag}/axis2", [2], np.int64)], f"{tag}/sq", keepdims=0)
-    return b.node("ReduceMin", [squares, b.const(f"{tag}/axis1k", [1], np.int64)], f"{tag}/d", keepdims=1)
+    x4 = b.node("Reshape", [x, b.const(f"{tag}/shape", [0, m, 1, width], np.int64)], f"{tag}/x4")  # (N, m, 1, C)
+    whiteners = np.stack([g.whitener for g in gaussians])  # (m, C, C)
+    y = b.node("MatMul", [x4, b.const(f"{tag}/whiteners", whiteners)], f"{tag}/y")  # (N, m, 1, C)
+    centres = np.stack([g.centres for g in gaussians])  # (m, K, C)
+    diff = b.node("Sub", [y, b.const(f"{tag}/centres", centres)], f"{tag}/diff")  # (N, m, K, C)
+    squares = b.node("ReduceSumSquare", [diff, b.const(f"{tag}/axis3", [3], np.int64)], f"{tag}/sq", keepdims=0)
+    return b.node("ReduceMin", [squares, b.const(f"{tag}/axis2", [2], np.int64)], f"{tag}/d", keepdims=0)  # (N, m)
 
 
 def add_score_output(onnx_bytes: bytes, scorer: Scorer) -> bytes:
@@ -66,10 +86,10 @@ def add_score_output(onnx_bytes: bytes, scorer: Scorer) -> bytes:
     if scorer.feature_weight:
         bounds = np.concatenate([[0], np.cumsum(scorer.channels)])
         distances = [
-            _layer_distance(b, i, int(bounds[i]), int(bounds[i + 1]), g.whitener, g.centres)
-            for i, g in enumerate(scorer.gaussians)
+            _run_distances(b, f"run{k}", int(bounds[first]), list(scorer.gaussians[first:first + count]), width)
+            for k, (first, count, width) in enumerate(_groups(scorer.channels))
         ]
-        stacked = b.node("Concat", distances, "distances", axis=1)  # (N, L)
+        stacked = distances[0] if len(distances) == 1 else b.node("Concat", distances, "distances", axis=1)  # (N, L)
         alpha, constant = scorer.layer_coefficients()
         terms.append(b.node("MatMul", [stacked, b.const("alpha", alpha.reshape(-1, 1))], "feature"))
     else:

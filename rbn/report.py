@@ -51,8 +51,8 @@ def markdown(by_arm: dict[str, list[dict]]) -> str:
         "|---" * (len(arms) + 1) + "|",
     ]
 
-    def row(label: str, get, scale: float = 100.0) -> None:
-        lines.append(f"| {label} | " + " | ".join(_ms([get(d) for d in by_arm[a]], scale) for a in arms) + " |")
+    def row(label: str, get, scale: float = 100.0, digits: int = 2) -> None:
+        lines.append(f"| {label} | " + " | ".join(_ms([get(d) for d in by_arm[a]], scale, digits) for a in arms) + " |")
 
     row("clean accuracy (%)", lambda d: d["clean_accuracy"])
     row("mean corruption accuracy (%)", lambda d: d["mean_corruption_accuracy"])
@@ -62,8 +62,8 @@ def markdown(by_arm: dict[str, list[dict]]) -> str:
     served = by_arm[arms[0]][0]["calibration"].get("method", "rms_z")
     far = far_ood_names(by_arm[arms[0]][0])
     for name in far:
-        row(f"{_set_label(name)}: AUROC of the served score", lambda d, n=name: d["ood"][n]["auroc"], 1.0)
-    row("mean corruption AUROC of the served score", lambda d: np.mean([d["ood"][f]["auroc"] for f in families]), 1.0)
+        row(f"{_set_label(name)}: AUROC of the served score", lambda d, n=name: d["ood"][n]["auroc"], 1.0, 4)
+    row("mean corruption AUROC of the served score", lambda d: np.mean([d["ood"][f]["auroc"] for f in families]), 1.0, 3)
     row("flagged at the served threshold: clean test (%)", lambda d: d["ood"]["clean_test"]["flag_rate"])
     for name in far:
         row(f"flagged at the served threshold: {_set_label(name)} (%)", lambda d, n=name: d["ood"][n]["flag_rate"])

@@ -204,3 +204,19 @@ def test_service_variants_end_to_end(bench_repo, tmp_path):
     assert marker.exists()
     bad = run_script("bench/service_variants.py", "--variant", "x=@/nonexistent", timeout=30)
     assert bad.returncode == 2 and "holds no service/cli.py" in bad.stderr
+
+
+def test_ood_cost_end_to_end(bench_repo):
+    """bench/ood_cost.py: two variants of the test bundle (all outputs / logits only), a table row each."""
+    bundle = bench_repo / RBN
+    done = run_script("bench/ood_cost.py", "--variant", f"all={bundle}", "--variant", f"logits only={bundle}:logits",
+                      "--batch", "1,4", "--rounds", "2", "--reps", "2")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert out.startswith("## OOD outputs in ONNX Runtime") and "- Command: `" in out
+    rows = table(out, "variant")
+    assert [(r["variant"], r["batch"]) for r in rows] == [("all", "1"), ("logits only", "1"), ("all", "4"), ("logits only", "4")]
+    assert rows[0]["outputs fetched"] == "logits, rbn_stats, rbn_channel_stats, ood_score"
+    assert rows[0]["ratio to the first"] == "1.000" and rows[1]["outputs fetched"] == "logits"
+    for row in rows:
+        positive(row["ms per batch (median)"])

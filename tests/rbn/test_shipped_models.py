@@ -36,3 +36,27 @@ def test_clean_accuracy_on_the_real_test_set(name):
     accuracy = float((predicted == test.labels).mean())
     assert accuracy >= TARGET_CLEAN_ACCURACY
     assert accuracy == pytest.approx(meta.evaluation["clean_accuracy"], abs=5e-4)
+
+
+def graph_scores(session: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
+    x = data.normalize(images)
+    return np.concatenate([session.run(["ood_score"], {"input": x[i : i + 500]})[0][:, 0] for i in range(0, len(x), 500)])
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_the_graph_ood_score_does_what_the_evaluation_says(name):
+    """The score inside the shipped graph reproduces the bundle's evaluation summary: AUROC on every
+    far-OOD test set (and ahead of 0.97), the share of clean test images it flags."""
+    from rbn.evaluate import auroc
+    from rbn.ood_data import far_ood_sets
+
+    meta = validate_bundle(MODELS / name)
+    assert meta.ood.kind == "graph" and meta.ood.method == meta.evaluation["ood_method"] == "maha+energy"
+    session = ort.InferenceSession(str(onnx_path(MODELS / name, meta.version)), providers=["CPUExecutionProvider"])
+    clean = graph_scores(session, data.load_split("test").images)
+    assert float((clean > meta.ood.threshold).mean()) == pytest.approx(meta.evaluation["clean_test_flag_rate"], abs=2e-4)
+    for set_name, images in far_ood_sets().items():
+        scores = graph_scores(session, images)
+        assert auroc(clean, scores) == pytest.approx(meta.evaluation[f"{set_name}_auroc"], abs=2e-4), set_name
+        assert meta.evaluation[f"{set_name}_auroc"] >= 0.97, set_name
+        assert float((scores > meta.ood.threshold).mean()) == pytest.approx(meta.evaluation[f"{set_name}_flag_rate"], abs=2e-4)
