@@ -95,16 +95,10 @@ def service_threads() -> int:
 
 
 def session_options(threads: int, profile_prefix: str | None = None):
-    """What service.runtime.ModelRuntime sets (kept in step by hand: it builds them inline)."""
-    import onnxruntime as ort
+    """The service's own session options (service.runtime.session_options), optionally profiling."""
+    from service.runtime import session_options as service_options
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
+    options = service_options(threads)
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
@@ -153,11 +147,11 @@ def gpu_facts() -> list[str]:
 
 
 def export_graphs(arch: str) -> tuple[dict[str, bytes], dict, tuple[int, int, int], list[str]]:
-    """The three graphs, the torch modules they came from, the input shape, the stats layer names."""
+    """The three graphs, the torch modules they came from, the input shape, {stats layer name: channels}."""
     import torch
 
     from bench.rbn_vs_bn_latency import plain_export, randomize
-    from rbn.export import export_onnx, inference_model, stats_layers
+    from rbn.export import export_onnx, inference_model, stats_channels, stats_layers
     from rbn.resnet import build
 
     shape, classes = SHAPES[arch]
@@ -173,7 +167,7 @@ def export_graphs(arch: str) -> tuple[dict[str, bytes], dict, tuple[int, int, in
     progress(f"exported {arch} three ways in {time.perf_counter() - t0:.1f} s "
              f"({', '.join(f'{len(g) / 1e6:.1f} MB' for g in graphs.values())})")
     modules = {GRAPHS[0]: inference_model(rbn), GRAPHS[1]: inference_model(bn), GRAPHS[2]: bn.eval()}
-    return graphs, modules, shape, stats_layers(rbn, shape)
+    return graphs, modules, shape, dict(zip(stats_layers(rbn, shape), stats_channels(rbn, shape), strict=True))
 
 
 # --- ONNX Runtime ------------------------------------------------------------------------------
@@ -303,9 +297,9 @@ def reference_check(graph: bytes, module, kind: str, device: int, threads: int, 
 
     x = np.random.default_rng(1).standard_normal((2, *shape), dtype=np.float32)
     session = ort.InferenceSession(graph, session_options(threads), providers=providers_for(kind, device))
-    got = session.run(None, {"input": x})
+    got = session.run(["logits", "rbn_stats"], {"input": x})
     with torch.inference_mode():
-        want = [t.numpy() for t in module.cpu()(torch.from_numpy(x))]
+        want = [t.numpy() for t in module.cpu()(torch.from_numpy(x))][:2]  # logits, rbn_stats first
     parts = []
     for name, g, w in zip(("logits", "rbn_stats"), got, want, strict=True):
         parts.append(f"{name} {float(np.abs(g - w).max()) / (float(np.abs(w).max()) or 1.0):.1e}")
@@ -357,7 +351,7 @@ def time_torch(modules: dict, batches: list[int], shape: tuple[int, int, int], s
 
 # --- the service -------------------------------------------------------------------------------
 def write_bundle(repository: Path, graph: bytes, arch: str, shape: tuple[int, int, int], classes: int,
-                 layers: list[str]) -> str:
+                 layers: dict[str, int]) -> str:
     from rbn.bundle import write_bundle as write
 
     channels = shape[0]
@@ -366,7 +360,7 @@ def write_bundle(repository: Path, graph: bytes, arch: str, shape: tuple[int, in
     write(repository, {
         "name": name, "architecture": arch, "norm": "rbn", "labels": [f"class_{i:04d}" for i in range(classes)],
         "input": {"channels": channels, "height": shape[1], "width": shape[2], "mean": mean, "std": std},
-        "stats_layers": layers, "max_batch_size": 128,
+        "stats_layers": list(layers), "stats_channels": list(layers.values()), "max_batch_size": 128,
     }, graph)
     return name
 
@@ -398,7 +392,7 @@ def importable(module: str) -> bool:
         return False
 
 
-def run_service(args, graph: bytes, shape, classes: int, layers: list[str]) -> tuple[list[str], list[dict], str | None]:
+def run_service(args, graph: bytes, shape, classes: int, layers: dict[str, int]) -> tuple[list[str], list[dict], str | None]:
     """Notes, one result per concurrency level, and the provider the service reported."""
     from bench import httpload
 

@@ -24,7 +24,7 @@ app = FastAPI()
 async def predict(request: Request):
     image = Image.open(io.BytesIO(await request.body())).convert("L").resize((28, 28))
     x = (np.asarray(image, dtype=np.float32)[None, None] / 255.0 - mean) / std
-    logits, _ = session.run(None, {"input": x})
+    (logits,) = session.run(["logits"], {"input": x})
     p = np.exp(logits[0] - logits[0].max())
     p /= p.sum()
     top = int(p.argmax())

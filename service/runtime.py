@@ -56,20 +56,26 @@ def provider_list(providers: str, cuda_device: int = 0) -> list:
     return [cuda, CPU] if CUDA in available else [CPU]
 
 
+def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
+    """The session options of every model (also what bench/gpu_bench.py measures with)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = intra_op_threads or default_threads()
+    options.inter_op_num_threads = 1
+    # Idle ONNX Runtime threads must not spin on the cores the HTTP loop needs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
+
+
 class ModelRuntime:
     """An ONNX Runtime session for one bundle. ``run`` is thread-safe and blocks: call it off the event loop."""
 
     def __init__(self, meta: BundleMeta, onnx_file: str | os.PathLike, providers: str = "auto",
                  intra_op_threads: int = 0, cuda_device: int = 0) -> None:
         self.meta = meta
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = intra_op_threads or default_threads()
-        options.inter_op_num_threads = 1
-        # Idle ONNX Runtime threads must not spin on the cores the HTTP loop needs.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
+        options = session_options(intra_op_threads)
         try:
             self.session = ort.InferenceSession(str(onnx_file), options, providers=provider_list(providers, cuda_device))
         except ProviderError:
