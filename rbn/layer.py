@@ -8,6 +8,10 @@ For an input X of shape (N, C, H, W) and K(T) the spatial mean of one instance's
 
 Unlike the official code, the centering step is out of place: the official ``input += ...``
 silently rewrites any tensor the caller still holds (a residual shortcut, for one).
+
+RBN subclasses BatchNorm2d, so ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` would silently
+replace every RBN layer with a plain SyncBatchNorm (its calibration weights dropped). Use
+``convert_sync_batchnorm`` here instead: it converts plain BatchNorm layers and refuses RBN ones.
 """
 
 from __future__ import annotations
@@ -123,3 +127,17 @@ def _record_stats(module: nn.Module, k_hat: torch.Tensor) -> None:
     recorder = getattr(module, "stats_recorder", None)
     if recorder is not None:
         recorder.add(k_hat)
+
+
+def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
+    """``torch.nn.SyncBatchNorm.convert_sync_batchnorm``, refusing models that hold RBN layers.
+
+    Torch's converter matches any BatchNorm subclass and would turn each RBN into a plain
+    SyncBatchNorm, losing the centering and scaling calibrations without a word; RBN has no
+    synchronised variant, so the conversion is refused (TypeError naming the layers)."""
+    rbn = [name or "(the module itself)" for name, m in module.named_modules() if isinstance(m, RepresentativeBatchNorm2d)]
+    if rbn:
+        listed = ", ".join(rbn[:5]) + (f" and {len(rbn) - 5} more" if len(rbn) > 5 else "")
+        raise TypeError(f"cannot convert RepresentativeBatchNorm2d layers to SyncBatchNorm ({listed}): "
+                        "SyncBatchNorm would drop their calibrations; train RBN models without SyncBatchNorm")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(module, process_group)

@@ -23,10 +23,3 @@ def get_norm_layer(name: str) -> type[nn.Module]:
     except KeyError:
         valid = ", ".join(sorted(NORM_LAYERS))
         raise ValueError(f"unknown norm layer {name!r}; valid names: {valid}") from None
-
-
-def norm_name(layer_type: type[nn.Module]) -> str:
-    for name, cls in NORM_LAYERS.items():
-        if cls is layer_type:
-            return name
-    raise ValueError(f"{layer_type.__name__} is not a registered norm layer")

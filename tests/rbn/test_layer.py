@@ -125,3 +125,20 @@ def test_norm_registry_rejects_unknown_names_listing_valid_ones():
         get_norm_layer("layernorm")
     for cls in NORM_LAYERS.values():
         assert cls(7)(torch.randn(2, 7, 3, 3)).shape == (2, 7, 3, 3)
+
+
+def test_sync_batchnorm_conversion_refuses_rbn_layers_that_torch_would_silently_replace():
+    from torch import nn
+
+    from rbn.layer import convert_sync_batchnorm
+
+    def net(norm: type[nn.Module]) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(3, 4, 3), norm(4), nn.Sequential(nn.Conv2d(4, 4, 1), norm(4)))
+
+    # The hazard: torch's converter takes RBN for a BatchNorm and drops its calibrations.
+    swapped = nn.SyncBatchNorm.convert_sync_batchnorm(net(RepresentativeBatchNorm2d))
+    assert type(swapped[1]) is nn.SyncBatchNorm and not hasattr(swapped[1], "center_weight")
+    with pytest.raises(TypeError, match=r"\(1, 2\.1\)"):
+        convert_sync_batchnorm(net(RepresentativeBatchNorm2d))
+    plain = convert_sync_batchnorm(net(nn.BatchNorm2d))
+    assert [type(m) for m in (plain[1], plain[2][1])] == [nn.SyncBatchNorm, nn.SyncBatchNorm]
