@@ -25,15 +25,17 @@ PARAMS = (params.MODEL, params.CORRUPTION, params.SEVERITY, params.SEED, params.
     responses={**ERRORS, 409: {"model": ErrorResponse, "description": "The model has no loaded baseline"}},
     openapi_extra={**IMAGE_BODY, "parameters": [p.doc for p in PARAMS]},
     summary="Compare an RBN model with its BN baseline",
-    description=(
-        "Both arms see the same preprocessed tensor. With `corruption` (and `severity`, default 3) the "
-        "preprocessed image is corrupted server-side first, deterministically for `seed`. With `label` "
-        "(class index or name) the answer says which arm was right.\n\n"
-        "```\ncurl -s --data-binary @shoe.png -H 'Content-Type: image/png' "
-        "'http://localhost:8000/ab?corruption=gaussian_noise&severity=4&label=Sneaker'\n```"
-    ),
 )
 async def ab(request: Request) -> Response:
+    """Both arms see the same preprocessed tensor. With `corruption` (and `severity`, default 3) the
+    preprocessed image is corrupted server-side first, deterministically for `seed`. With `label`
+    (class index or name) the answer says which arm was right.
+
+    ```
+    curl -s --data-binary @shoe.png -H 'Content-Type: image/png' \\
+      'http://localhost:8000/ab?corruption=gaussian_noise&severity=4&label=Sneaker'
+    ```
+    """
     state, plane = request.app.state.service, request.app.state.plane
     model, corruption, severity, seed, label, top_k = (p.read(request) for p in PARAMS)
     if severity is not None and corruption is None:

@@ -20,14 +20,16 @@ router = APIRouter(tags=["inference"])
     responses=ERRORS,
     openapi_extra={**IMAGE_BODY, "parameters": [params.MODEL.doc, params.TOP_K.doc]},
     summary="Classify image(s)",
-    description=(
-        "Send an image as the raw body (`Content-Type: image/*`) or as multipart field(s) `file`. "
-        "Each image gets the top-k labels and an `ood` block (score, flag, per-layer `rbn_stats`).\n\n"
-        "```\ncurl -s --data-binary @shoe.png -H 'Content-Type: image/png' 'http://localhost:8000/predict?top_k=3'\n"
-        "curl -s -F file=@a.png -F file=@b.jpg http://localhost:8000/predict\n```"
-    ),
 )
 async def predict(request: Request) -> Response:
+    """Send an image as the raw body (`Content-Type: image/*`) or as multipart field(s) `file`.
+    Each image gets the top-k labels and an `ood` block (score, flag, per-layer `rbn_stats`).
+
+    ```
+    curl -s --data-binary @shoe.png -H 'Content-Type: image/png' 'http://localhost:8000/predict?top_k=3'
+    curl -s -F file=@a.png -F file=@b.jpg http://localhost:8000/predict
+    ```
+    """
     # The hot route: parameters are read by hand (service.api.params), the answer is a plain dict
     # (shape: PredictResponse).
     state, plane = request.app.state.service, request.app.state.plane
