@@ -29,7 +29,16 @@ def downsample(in_planes: int, out_planes: int, stride: int, norm_layer: NormFac
     return nn.Sequential(conv1x1(in_planes, out_planes, stride), norm_layer(out_planes))
 
 
-class BasicBlock(nn.Module):
+class _Residual(nn.Module):
+    """A residual block: ``relu(branch(x) + shortcut(x))``; subclasses define ``branch``, ``relu``,
+    ``downsample`` and ``residual_norm`` (the norm that closes the branch)."""
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.branch(x) + identity)
+
+
+class BasicBlock(_Residual):
     expansion = 1
 
     def __init__(self, in_planes: int, planes: int, stride: int, norm_layer: NormFactory) -> None:
@@ -45,14 +54,11 @@ class BasicBlock(nn.Module):
     def residual_norm(self) -> nn.Module:
         return self.bn2
 
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+    def branch(self, x):
+        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Residual):
     expansion = 4
 
     def __init__(self, in_planes: int, planes: int, stride: int, norm_layer: NormFactory) -> None:
@@ -71,12 +77,10 @@ class Bottleneck(nn.Module):
     def residual_norm(self) -> nn.Module:
         return self.bn3
 
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
+    def branch(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        return self.bn3(self.conv3(out))
 
 
 class ResNet(nn.Module):
