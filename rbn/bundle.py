@@ -95,12 +95,15 @@ class OodCalibration(_Strict):
         return self
 
 
+OodMethod = Literal["maha", "maha_cc", "energy", "maha+energy", "maha_cc+energy"]  # rbn.ood.METHODS
+
+
 class GraphOodCalibration(_Strict):
     """The OOD score computed inside the graph (its `ood_score` output, constants as initialisers),
     so any Open Inference Protocol client or Triton gets the same score; see rbn.ood and rbn.ood_graph."""
 
     kind: Literal["graph"] = "graph"
-    method: str = Field(description="which score the graph computes, e.g. 'maha+energy' (rbn.ood.METHODS)")
+    method: OodMethod = Field(description="which score the graph computes (rbn.ood)")
     threshold: float = Field(description="score at the held-out clean images' `clean_quantile` quantile")
     clean_quantile: float = Field(0.95, gt=0, lt=1)
     calibration_samples: int = Field(ge=1, description="held-out clean training images that set standardisation and threshold")

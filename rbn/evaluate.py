@@ -130,11 +130,11 @@ class OodFit:
     served: ood.Scorer
     calibration: GraphOodCalibration
     held: Predictions
+    splits: CleanSplits
 
 
-def fit_ood(model: OnnxClassifier, config: EvalConfig, data_path: str | None = None) -> OodFit:
+def fit_ood(model: OnnxClassifier, config: EvalConfig, train: fmnist.Split) -> OodFit:
     """Fit all candidates on the training splits; the served scorer is ``config.method``."""
-    train = fmnist.load_split("train", data_path)
     splits = clean_splits(len(train.images), config)
     fit = model.predict(train.images[splits.fit])
     held = model.predict(train.images[splits.held])
@@ -144,8 +144,8 @@ def fit_ood(model: OnnxClassifier, config: EvalConfig, data_path: str | None = N
                for m in ood.METHODS}
     for name, scorer in scorers.items():
         scores[name] = lambda p, s=scorer: s.score(p.logits, p.channel_stats)
-    for name, fn in ood.LOGIT_SCORES.items():
-        scores.setdefault(name, lambda p, f=fn: f(p.logits))
+    # the logit scores without standardisation ("energy" is already above, standardised: same ranking)
+    scores.update({name: (lambda p, f=fn: f(p.logits)) for name, fn in ood.LOGIT_SCORES.items() if name not in scores})
     rms = ood.calibrate_rms(held.stats, "rms_z", config.clean_quantile)
     scores["rms_z"] = lambda p: ood.rms_score(p.stats, rms)
     thresholds = {name: ood.threshold(fn(held), config.clean_quantile) for name, fn in scores.items()}
@@ -153,7 +153,7 @@ def fit_ood(model: OnnxClassifier, config: EvalConfig, data_path: str | None = N
         method=config.method, threshold=thresholds[config.method], clean_quantile=config.clean_quantile,
         calibration_samples=len(splits.held), fit_samples=len(splits.fit),
     )
-    return OodFit(scores, thresholds, scorers[config.method], calibration, held)
+    return OodFit(scores, thresholds, scorers[config.method], calibration, held, splits)
 
 
 def _channels(model: OnnxClassifier) -> list[int]:
@@ -200,7 +200,8 @@ def evaluate(model: OnnxClassifier, config: EvalConfig, data_path: str | None = 
 
     started = time.monotonic()
     test = fmnist.load_split("test", data_path)
-    fitted = fit_ood(model, config, data_path)
+    train = fmnist.load_split("train", data_path)
+    fitted = fit_ood(model, config, train)
     names = list(fitted.scores)
     clean = model.predict(test.images)
     clean_accuracy = float((clean.labels == test.labels).mean())
@@ -241,11 +242,9 @@ def evaluate(model: OnnxClassifier, config: EvalConfig, data_path: str | None = 
     for m in names:
         methods[m]["mean_corruption_auroc"] = float(np.mean([methods[m][f]["auroc"] for f in config.families]))
 
-    train = fmnist.load_split("train", data_path)
-    splits = clean_splits(len(train.images), config)
     held_scores = {m: fitted.scores[m](fitted.held) for m in names}
     validation: dict[str, dict] = {m: {} for m in names}
-    for set_name, set_images in validation_sets(train.images[splits.validation], config.validation_samples).items():
+    for set_name, set_images in validation_sets(train.images[fitted.splits.validation], config.validation_samples).items():
         pred = model.predict(set_images)
         for m in names:
             validation[m][set_name] = auroc(held_scores[m], fitted.scores[m](pred))

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import get_args
 
 import numpy as np
 
-from rbn.bundle import OodCalibration
+from rbn.bundle import OodCalibration, OodMethod
 
 # ---------------------------------------------------------------- the first score, from rbn_stats
 
@@ -130,7 +131,7 @@ def layer_distances(gaussians: Sequence[LayerGaussian], channel_stats: np.ndarra
 
 # ---------------------------------------------------------------- the served score
 
-METHODS = ("maha", "maha_cc", "energy", "maha+energy", "maha_cc+energy")
+METHODS: tuple[str, ...] = get_args(OodMethod)  # the scores a bundle's graph can compute
 
 
 @dataclass(frozen=True)

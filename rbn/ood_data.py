@@ -4,7 +4,7 @@ Two groups, kept apart on purpose (pre-registration, RESULTS.md):
 
 - ``validation_sets``: OOD we generate to *choose* the served score -- i.i.d. noise, synthetic
   shapes, scrambled and heavily corrupted *training* images. Never used to report results.
-- ``test_sets``: far-OOD data from installed packages to *report* -- scikit-learn's handwritten
+- ``far_ood_sets``: far-OOD data from installed packages to *report* -- scikit-learn's handwritten
   digits, scikit-image's face subset, its texture images and crops of its photographs, uniform
   noise and constant images. Never used to choose anything.
 

@@ -81,6 +81,10 @@ def add_score_output(onnx_bytes: bytes, scorer: Scorer) -> bytes:
         raise ValueError(f"the graph lacks {sorted(needed - outputs)}; re-export it with rbn.export")
     if SCORE_NAME in outputs:
         raise ValueError(f"the graph already has an {SCORE_NAME!r} output")
+    if scorer.feature_weight:
+        declared = next(o for o in graph.output if o.name == CHANNEL_STATS_NAME).type.tensor_type.shape.dim[1].dim_value
+        if declared != sum(scorer.channels):
+            raise ValueError(f"the scorer reads {sum(scorer.channels)} channels, the graph's {CHANNEL_STATS_NAME} has {declared}")
     b = _Builder()
     terms: list[str] = []
     if scorer.feature_weight:

@@ -7,11 +7,12 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from rbn import data as fmnist
 from rbn.bundle import write_bundle
-from rbn.evaluate import EvalConfig, OnnxClassifier, fit_ood
+from rbn.evaluate import EvalConfig, OnnxClassifier, OodFit, fit_ood
 from rbn.export import export_onnx, stats_channels, stats_layers
 from rbn.ood_graph import add_score_output
 from rbn.resnet import ResNet, build
@@ -38,6 +39,15 @@ def load_checkpoint(path: str | Path) -> tuple[ResNet, dict]:
     return model, {**recipe, "history": state.get("history", [])}
 
 
+def _check_score_parity(onnx_bytes: bytes, fitted: OodFit, images: np.ndarray) -> None:
+    """The graph's float32 `ood_score` must be the numpy score the threshold was set on."""
+    predictions = OnnxClassifier(onnx_bytes).predict(images)
+    reference = fitted.served.score(predictions.logits, predictions.channel_stats)
+    error = float(np.abs(predictions.graph_score - reference).max())
+    if error > 1e-4 * (1 + float(np.abs(reference).max())):
+        raise ValueError(f"the graph's ood_score differs from the fitted score by {error:.3g}")
+
+
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10)
@@ -59,8 +69,13 @@ def bundle_from_checkpoint(
     """Export, fit the OOD score on clean training data, write it into the graph, and write the bundle."""
     model, recipe = load_checkpoint(checkpoint)
     onnx_bytes = export_onnx(model, input_shape=INPUT_SHAPE)
-    fitted = fit_ood(OnnxClassifier(onnx_bytes), EvalConfig(), data_path)
+    train = fmnist.load_split("train", data_path)
+    fitted = fit_ood(OnnxClassifier(onnx_bytes), EvalConfig(), train)
+    channels = stats_channels(model, INPUT_SHAPE)
+    if list(fitted.served.channels) != channels:
+        raise ValueError(f"the graph's layer widths {list(fitted.served.channels)} are not the model's {channels}")
     onnx_bytes = add_score_output(onnx_bytes, fitted.served)
+    _check_score_parity(onnx_bytes, fitted, train.images[fitted.splits.held[:1000]])
     history = recipe.pop("history")
     meta = {
         "name": name,
@@ -71,7 +86,7 @@ def bundle_from_checkpoint(
         "labels": list(fmnist.LABELS),
         "input": {"channels": 1, "height": 28, "width": 28, "mean": [fmnist.MEAN], "std": [fmnist.STD]},
         "stats_layers": stats_layers(model, INPUT_SHAPE),
-        "stats_channels": stats_channels(model, INPUT_SHAPE),
+        "stats_channels": channels,
         "max_batch_size": max_batch_size,
         "ood": fitted.calibration.model_dump(),
         "provenance": {

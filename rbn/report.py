@@ -88,7 +88,7 @@ def markdown(by_arm: dict[str, list[dict]]) -> str:
                     cells = [_ms([d["ood_methods"][m][name]["auroc"] for d in by_arm[a]], 1.0, 4) for a in arms]
                     cells += [_ms([d["ood_methods"][m][name]["fpr_at_95_tpr"] for d in by_arm[a]], 100.0, 1) for a in arms]
                     cells += [_ms([d["ood_methods"][m][name]["flag_rate"] for d in by_arm[a]], 100.0, 1) for a in arms]
-                label = "corrupted test, mean over 14 families" if name == "mean_corruption_auroc" else _set_label(name)
+                label = f"corrupted test, mean over {len(families)} families" if name == "mean_corruption_auroc" else _set_label(name)
                 score = f"**{m}**" if m == served else m
                 lines.append(f"| {label} | {score} | " + " | ".join(cells) + " |")
     if all("ood_validation" in d for a in arms for d in by_arm[a]):

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from rbn.bundle import BundleError, validate_bundle, write_bundle
+from pathlib import Path
+
+from rbn.bundle import BundleError, BundleMeta, graph_outputs, triton_config, validate_bundle, write_bundle
 from rbn.data import LABELS, MEAN, STD
 from rbn.export import export_onnx, inference_model, stats_channels, stats_layers
 from rbn.ood import calibrate_rms
@@ -52,6 +54,16 @@ def test_graph_scored_bundle_declares_and_checks_its_score_output(tmp_path):
         validate_bundle(write_bundle(tmp_path / "unscored", meta, export_onnx(resnet20("rbn").eval())))
 
 
+def test_a_real_0_1_bundle_description_still_parses_and_keeps_its_triton_config():
+    """model.json and config.pbtxt exactly as 0.1 shipped them (tests/rbn/fixtures/bundle-0.1, from
+    the landed 0.1 models/fmnist-resnet20-rbn): no 'kind', no stats_channels, the rbn_stats score."""
+    folder = Path(__file__).parent / "fixtures" / "bundle-0.1"
+    meta = BundleMeta(**json.loads((folder / "model.json").read_text()))
+    assert meta.ood.kind == "rbn_stats_rms" and meta.ood.method == "rms_z" and meta.stats_channels is None
+    assert graph_outputs(meta) == {"logits": [10], "rbn_stats": [21]}
+    assert triton_config(meta) == (folder / "config.pbtxt").read_text()
+
+
 def test_legacy_bundle_without_channel_stats_still_validates(tmp_path):
     """Bundles written before `rbn_channel_stats` and the graph score keep working with their old score."""
     meta, onnx_bytes = legacy(resnet20("bn").eval(), "old-bn", "bn")
@@ -65,6 +77,7 @@ def test_legacy_bundle_without_channel_stats_still_validates(tmp_path):
     (lambda ood: ood.pop("threshold"), "ood.graph.threshold"),
     (lambda ood: ood.update(kind="magic"), "ood"),
     (lambda ood: ood.update(extra_field=1), "extra_field"),
+    (lambda ood: ood.update(method="x" * 10_000), "ood.graph.method"),
 ])
 def test_ill_formed_graph_calibration_is_refused(tmp_path, change, message):
     meta, onnx_bytes = graph_scored(resnet20("rbn").eval(), "scored-rbn", "rbn")

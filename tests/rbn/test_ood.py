@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -119,12 +120,23 @@ def test_graph_score_equals_the_numpy_score(exported, method):
     assert again[0, 0] == pytest.approx(got_score[0, 0], rel=1e-5)
 
 
-def test_graph_without_the_inputs_or_with_a_score_is_refused(exported):
+def test_graph_without_the_inputs_with_a_score_or_of_another_width_is_refused(exported):
     data, channels, logits, features = exported
     scorer = fit_scorer("maha+energy", features[:150], None, channels, logits[150:], features[150:])
     scored = add_score_output(data, scorer)
     with pytest.raises(ValueError, match="already has an 'ood_score' output"):
         add_score_output(scored, scorer)
+    graph = onnx.load_from_string(data)
+    kept = [o for o in graph.graph.output if o.name != "rbn_channel_stats"]
+    del graph.graph.output[:]
+    graph.graph.output.extend(kept)
+    with pytest.raises(ValueError, match="lacks \\['rbn_channel_stats'\\]"):
+        add_score_output(graph.SerializeToString(), scorer)
+    energy_only = fit_scorer("energy", features[:150], None, channels, logits[150:], features[150:])
+    assert add_score_output(graph.SerializeToString(), energy_only)  # energy reads only the logits
+    narrower = fit_scorer("maha", features[:150, :336], None, channels[:14], logits[150:], features[150:, :336])
+    with pytest.raises(ValueError, match="reads 336 channels, the graph's rbn_channel_stats has 784"):
+        add_score_output(data, narrower)
 
 
 def digest(images: np.ndarray) -> str:
