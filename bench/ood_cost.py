@@ -3,7 +3,7 @@
 Each variant is ``NAME=BUNDLE_DIR[:output,output,...]`` (default outputs: all of the graph's). Per
 batch size, the variants run in turn for ``--rounds`` rounds (order rotating), each round timing
 ``--reps`` runs; the table has the median milliseconds per batch and the ratio to the first variant.
-One intra-op thread and no idle spinning, as the service's default on this machine's cores.
+One intra-op thread, the service's session options otherwise (service.runtime.session_options).
 
     python bench/ood_cost.py --variant "0.1 bundle=/tmp/old/models/fmnist-resnet20-rbn" \\
         --variant "0.2 bundle=models/fmnist-resnet20-rbn" \\
@@ -24,13 +24,14 @@ import onnxruntime as ort
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import emit, header, parse_ints  # noqa: E402
+from rbn.bundle import onnx_path, read_meta  # noqa: E402
+from service.runtime import session_options  # noqa: E402
 
 
 def session(bundle: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(bundle / "1" / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    """The service's own session options (service.runtime), one intra-op thread."""
+    meta = read_meta(bundle)
+    return ort.InferenceSession(str(onnx_path(bundle, meta.version)), session_options(1), providers=["CPUExecutionProvider"])
 
 
 def parse_variant(text: str) -> tuple[str, Path, list[str] | None]:
