@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rbn.layer import RepresentativeBatchNorm2d
+from rbn.layer import RepresentativeBatchNorm2d, absorb_gate
 
 
 def _first_tensor(module: nn.Module) -> torch.Tensor:
@@ -35,7 +35,7 @@ def bn_to_rbn(bn: nn.BatchNorm2d) -> RepresentativeBatchNorm2d:
             rbn.running_var.copy_(bn.running_var)
             rbn.num_batches_tracked.copy_(bn.num_batches_tracked)
         if bn.affine:
-            rbn.weight.copy_(bn.weight / torch.sigmoid(rbn.scale_bias))
+            rbn.weight.copy_(absorb_gate(bn.weight, rbn.scale_bias))
             rbn.bias.copy_(bn.bias)
     rbn.train(bn.training)
     return rbn

@@ -22,7 +22,7 @@ import copy
 import torch
 from torch import nn
 
-from rbn.layer import RepresentativeBatchNorm2d, instance_mean
+from rbn.layer import ReportsStats, RepresentativeBatchNorm2d, instance_mean
 
 
 def _col(v: torch.Tensor) -> torch.Tensor:
@@ -42,7 +42,7 @@ def _conv_with(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.
     return folded
 
 
-class FoldedConvRBN(nn.Module):
+class FoldedConvRBN(nn.Module, ReportsStats):
     """conv -> RBN in eval mode, folded."""
 
     def __init__(self, conv: nn.Conv2d, norm: RepresentativeBatchNorm2d) -> None:
@@ -59,7 +59,6 @@ class FoldedConvRBN(nn.Module):
         self.register_buffer("gate_bias", _col(norm.scale_bias))
         self.register_buffer("gamma", _col(gamma))
         self.register_buffer("beta", _col(beta))
-        self.stats_recorder = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y0 = self.conv(x)
@@ -77,7 +76,7 @@ class FoldedConvRBN(nn.Module):
 MIN_ABS_GAMMA = 1e-3
 
 
-class FoldedConvBN(nn.Module):
+class FoldedConvBN(nn.Module, ReportsStats):
     """conv -> BatchNorm in eval mode, folded the ordinary way, with the statistic on the side."""
 
     def __init__(self, conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
@@ -95,7 +94,6 @@ class FoldedConvBN(nn.Module):
             inv_gamma = 1.0 / gamma
             self.register_buffer("k_scale", _col(inv_gamma))
             self.register_buffer("k_shift", _col(-beta * inv_gamma))
-        self.stats_recorder = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)

@@ -33,7 +33,21 @@ def _per_channel(p: torch.Tensor) -> torch.Tensor:
     return p.view(1, -1, 1, 1)
 
 
-class RepresentativeBatchNorm2d(nn.BatchNorm2d):
+def absorb_gate(gamma: torch.Tensor, scale_bias: torch.Tensor) -> torch.Tensor:
+    """A BatchNorm's gamma -> the RBN gamma that computes the same function: with w_m = w_v = 0 the
+    scaling calibration is the constant sigmoid(w_b), divided out of gamma. The one rule for both
+    ways in: loading a BN checkpoint into RBN layers, and ``rbn.convert.bn_to_rbn``."""
+    return gamma / torch.sigmoid(scale_bias)
+
+
+class ReportsStats:
+    """A module that computes K(X_hat) itself and hands it to its ``stats_recorder`` while one is
+    attached (``rbn.stats.record_stats`` attaches one; other modules get a forward hook)."""
+
+    stats_recorder = None  # an rbn.stats.StatsRecorder while statistics are being collected
+
+
+class RepresentativeBatchNorm2d(nn.BatchNorm2d, ReportsStats):
     """Drop-in replacement for :class:`torch.nn.BatchNorm2d` with RBN's two calibrations.
 
     Takes BatchNorm2d's constructor arguments. Parameters (all shape ``(C,)``):
@@ -57,7 +71,6 @@ class RepresentativeBatchNorm2d(nn.BatchNorm2d):
         self.center_weight = nn.Parameter(torch.empty(num_features, **factory))
         self.scale_weight = nn.Parameter(torch.empty(num_features, **factory))
         self.scale_bias = nn.Parameter(torch.empty(num_features, **factory))
-        self.stats_recorder = None  # set by rbn.stats.record_stats
         self.reset_calibration()
 
     def reset_calibration(self) -> None:
@@ -95,7 +108,8 @@ class RepresentativeBatchNorm2d(nn.BatchNorm2d):
         )
         k_hat = instance_mean(x_hat)
         gate = torch.sigmoid(_per_channel(self.scale_weight) * k_hat + _per_channel(self.scale_bias))
-        _record_stats(self, k_hat)
+        if self.stats_recorder is not None:
+            self.stats_recorder.add(k_hat)
         if self.affine:
             return _per_channel(self.weight) * x_hat * gate + _per_channel(self.bias)
         return x_hat * gate
@@ -108,25 +122,19 @@ class RepresentativeBatchNorm2d(nn.BatchNorm2d):
                 state_dict[key] = state_dict[key].reshape(-1)
         # A plain BatchNorm2d checkpoint has no calibration weights: start them at the paper's
         # init and absorb the constant gate sigmoid(w_b) into gamma, so the layer computes what
-        # the BN layer computed (the same rule as convert_bn_to_rbn). Without affine there is
+        # the BN layer computed (absorb_gate, as convert_bn_to_rbn). Without affine there is
         # no gamma to absorb it: such a layer's output is scaled by sigmoid(1) until fine-tuned.
         if prefix + "running_mean" in state_dict and prefix + "center_weight" not in state_dict:
             state_dict[prefix + "center_weight"] = torch.zeros(self.num_features)
             state_dict[prefix + "scale_weight"] = torch.zeros(self.num_features)
             state_dict[prefix + "scale_bias"] = torch.ones(self.num_features)
             if self.affine and prefix + "weight" in state_dict:
-                state_dict[prefix + "weight"] = state_dict[prefix + "weight"] / torch.sigmoid(torch.tensor(1.0))
+                state_dict[prefix + "weight"] = absorb_gate(state_dict[prefix + "weight"], state_dict[prefix + "scale_bias"])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", calibration=centering+scaling"
 
-
-def _record_stats(module: nn.Module, k_hat: torch.Tensor) -> None:
-    # Set by rbn.stats.record_stats while statistics are being collected; None otherwise.
-    recorder = getattr(module, "stats_recorder", None)
-    if recorder is not None:
-        recorder.add(k_hat)
 
 
 def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:

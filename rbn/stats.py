@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from rbn.layer import instance_mean
+from rbn.layer import ReportsStats, instance_mean
 
 
 class StatsRecorder:
@@ -62,7 +62,7 @@ def _bn_hook(recorder: StatsRecorder):
 
 def _reports_itself(module: nn.Module) -> bool:
     # RBN and the folded modules of rbn.fold compute k themselves and report it if asked.
-    return "stats_recorder" in module.__dict__
+    return isinstance(module, ReportsStats)
 
 
 def stats_sources(model: nn.Module) -> list[tuple[str, nn.Module]]:
