@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +27,8 @@ from torch import nn
 from rbn.convert import convert_bn_to_rbn
 from rbn.layer import RepresentativeBatchNorm2d
 from rbn.release import CheckpointError, load_checkpoint
-from rbn.train import Schedule, Tensors, accuracy, load_tensors, param_groups, pick_device, save_atomic, seed_everything, train_epoch
+from rbn.train import (Schedule, Tensors, load_tensors, param_groups, pick_device, resumable_state, run_epoch, save_atomic,
+                       seed_everything)
 
 # The RBN-only parameters; gamma and beta are the BN model's and keep the base learning rate.
 CALIBRATION_NAMES = ("center_weight", "scale_weight", "scale_bias")
@@ -183,19 +183,11 @@ def finetune(
 
     last_epoch = recipe.epochs if stop_after is None else min(stop_after, recipe.epochs)
     for epoch in range(start_epoch, last_epoch):
-        started = time.monotonic()
         desc = f"finetune seed {recipe.seed} epoch {epoch + 1}/{recipe.epochs}"
-        running = train_epoch(model, optimizer, schedule, data, epoch, recipe.batch_size, recipe.crop_padding, generator, desc, progress)
-        test_acc = accuracy(model, data.x_test, data.y_test)
-        history.append({"epoch": epoch + 1, "loss": running, "test_accuracy": test_acc, "seconds": time.monotonic() - started})
-        print(json.dumps(history[-1]), flush=True)
+        run_epoch(model, optimizer, schedule, data, epoch, recipe, generator, desc, progress, history)
         if epoch + 1 in keep:
             save_atomic(_release(recipe, model, history), out_dir / f"epoch-{epoch + 1}.pt")
-        state = {
-            "recipe": asdict(recipe), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "history": history,
-        }  # fmt: skip
-        save_atomic(state, checkpoint_path)
+        save_atomic(resumable_state(recipe, model, optimizer, generator, epoch + 1, history), checkpoint_path)
 
     final = _release(recipe, model, history)
     if len(history) == recipe.epochs:

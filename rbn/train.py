@@ -159,6 +159,26 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / len(x)
 
 
+def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, schedule, data: Tensors, epoch: int,
+              recipe, generator: torch.Generator, desc: str, progress: bool, history: list[dict]) -> None:
+    """One epoch of training, its test accuracy appended to ``history`` and printed as a JSON line
+    (shared by `rbn train` and `rbn finetune`; ``recipe`` needs batch_size and crop_padding)."""
+    started = time.monotonic()
+    running = train_epoch(model, optimizer, schedule, data, epoch, recipe.batch_size, recipe.crop_padding, generator, desc, progress)
+    test_acc = accuracy(model, data.x_test, data.y_test)
+    history.append({"epoch": epoch + 1, "loss": running, "test_accuracy": test_acc, "seconds": time.monotonic() - started})
+    print(json.dumps(history[-1]), flush=True)
+
+
+def resumable_state(recipe, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+                    epoch: int, history: list[dict]) -> dict:
+    """Everything `--resume` needs to continue bit-identically after ``epoch`` epochs."""
+    return {
+        "recipe": asdict(recipe), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch, "history": history,
+    }  # fmt: skip
+
+
 def save_atomic(state: dict, path: Path) -> None:
     """torch.save through a temporary file, so an interrupted save never corrupts ``path``."""
     tmp = path.with_suffix(".tmp")
@@ -196,17 +216,9 @@ def train(recipe: Recipe, out_dir: Path, data_path: str | None = None, device: s
         start_epoch, history = state["epoch"], state["history"]
 
     for epoch in range(start_epoch, recipe.epochs):
-        started = time.monotonic()
         desc = f"{recipe.norm} seed {recipe.seed} epoch {epoch + 1}/{recipe.epochs}"
-        running = train_epoch(model, optimizer, schedule, data, epoch, recipe.batch_size, recipe.crop_padding, generator, desc, progress)
-        test_acc = accuracy(model, data.x_test, data.y_test)
-        history.append({"epoch": epoch + 1, "loss": running, "test_accuracy": test_acc, "seconds": time.monotonic() - started})
-        print(json.dumps(history[-1]), flush=True)
-        state = {
-            "recipe": asdict(recipe), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "history": history,
-        }  # fmt: skip
-        save_atomic(state, checkpoint_path)
+        run_epoch(model, optimizer, schedule, data, epoch, recipe, generator, desc, progress, history)
+        save_atomic(resumable_state(recipe, model, optimizer, generator, epoch + 1, history), checkpoint_path)
 
     final = {"recipe": asdict(recipe), "model": model.state_dict(), "history": history}
     torch.save(final, out_dir / "final.pt")

@@ -2,7 +2,7 @@
 
 Bundles made with the graph score (model.json ``ood.kind == "graph"``) carry the score as the
 graph's `ood_score` output, so the service only reads it; older bundles are scored here from
-`rbn_stats` exactly as ``rbn.ood.rms_score`` does.
+`rbn_stats` with ``rbn.ood.rms_score``.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 from rbn.bundle import BundleMeta, GraphOodCalibration, OodCalibration
-from rbn.ood import combine, standardize
+from rbn.ood import rms_score
 
 
 class OodScorer:
-    """Scores for one bundle, with its calibration's arrays prepared once."""
+    """Scores for one bundle: the graph's own, or its older rbn_stats calibration's."""
 
     def __init__(self, meta: BundleMeta) -> None:
         self.layers = list(meta.stats_layers)
@@ -22,10 +22,7 @@ class OodScorer:
         self.calibrated = calibration is not None
         self.in_graph = isinstance(calibration, GraphOodCalibration)
         self.threshold = None if calibration is None else float(calibration.threshold)
-        if isinstance(calibration, OodCalibration):
-            self.layer_mean = np.asarray(calibration.layer_mean, np.float64)
-            self.layer_std = np.asarray(calibration.layer_std, np.float64)
-            self.combine = calibration.combine
+        self.rms_calibration = calibration if isinstance(calibration, OodCalibration) else None
 
     def scores(self, stats: np.ndarray, graph_score: np.ndarray | None = None) -> np.ndarray | None:
         """(N,) scores from the graph's `ood_score` (N, 1) or from `rbn_stats` (N, L); None when uncalibrated."""
@@ -33,8 +30,7 @@ class OodScorer:
             return None
         if self.in_graph:
             return np.asarray(graph_score, np.float64).reshape(-1)
-        z = standardize(np.asarray(stats, np.float64), self.layer_mean, self.layer_std)
-        return combine(z, self.combine)
+        return rms_score(stats, self.rms_calibration)
 
     def block(self, stats_row: np.ndarray, score: float | None) -> dict:
         """The per-image ``ood`` object of an answer."""
