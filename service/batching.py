@@ -35,8 +35,9 @@ BatchObserver = Callable[[int, float, list[float]], None]  # (images, inference 
 
 
 @dataclass(frozen=True)
-class Result:
-    """One request's slice of a batch's outputs, with its timings."""
+class BatchSlice:
+    """One request's slice of a batch's outputs (positional, as the runtime returns them), with the batch's
+    timings. ``service.model.Inference`` is what the model makes of one or more slices: named outputs."""
 
     outputs: Outputs
     queue_s: float
@@ -159,7 +160,7 @@ class Batcher:
         self._executor = Workers(self.instances, f"ort-{self.name}")
         self._task = self._loop.create_task(self._dispatch_forever(), name=f"batcher-{self.name}")
 
-    async def submit(self, x: np.ndarray) -> Result:
+    async def submit(self, x: np.ndarray) -> BatchSlice:
         """Queue (n, ...) inputs (n <= max_batch_size) and wait for their outputs."""
         n = len(x)
         if self._closing:
@@ -287,7 +288,7 @@ class Batcher:
             waits = [started - r.enqueued for r in batch]
             for request, part, wait in zip(batch, split(outputs, sizes), waits, strict=True):
                 if not request.future.done():
-                    request.future.set_result(Result(part, wait, infer_s, sum(sizes)))
+                    request.future.set_result(BatchSlice(part, wait, infer_s, sum(sizes)))
             if self._observer is not None:
                 self._observer(sum(sizes), infer_s, waits)
         except Exception as exc:  # never leave a caller waiting

@@ -1,8 +1,8 @@
-"""Uploaded image bytes -> the model's input: decode, limits, grayscale/colour, fit, invert, normalise.
+"""Uploaded image bytes -> the model's input: decode, limits, grayscale/colour, fit, invert, normalize.
 
 Two steps so the caller can choose where the work runs: ``open_image`` reads only the header and
 enforces the pixel limit before any pixel is decoded; ``render`` decodes and brings the image to
-the bundle's input (uint8, channels first). ``normalise`` turns a uint8 batch into float32.
+the bundle's input (uint8, channels first). ``Normalizer`` turns a uint8 batch into float32.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def decode(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
     return render(open_image(data, max_pixels), spec)
 
 
-class Normaliser:
+class Normalizer:
     """uint8 (N, C, H, W) -> float32 ``(x / 255 - mean) / std`` per channel."""
 
     def __init__(self, spec: InputSpec) -> None:
@@ -137,6 +137,14 @@ def _border_values(pixels: np.ndarray) -> np.ndarray:
 
 def _border_mean(pixels: np.ndarray) -> float:
     return float(_border_values(pixels).mean())
+
+
+def to_png(image: np.ndarray) -> bytes:
+    """uint8 (C, H, W) with 1 or 3 channels -> PNG bytes (what the page shows as the model's input)."""
+    pixels = image[0] if image.shape[0] == 1 else np.ascontiguousarray(image.transpose(1, 2, 0))
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG", compress_level=1)  # tens of pixels: fast beats small
+    return buffer.getvalue()
 
 
 def warm_up(spec: InputSpec) -> None:

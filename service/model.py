@@ -13,11 +13,11 @@ import numpy as np
 
 from rbn.bundle import LOGITS_NAME, SCORE_NAME, STATS_NAME, BundleError, BundleMeta
 from service import imaging
-from service.batching import Batcher, Result
+from service.batching import Batcher, BatchSlice
 from service.config import Settings
 from service.decoding import Decoder, Upload
 from service.errors import InvalidArgument
-from service.imaging import Normaliser
+from service.imaging import Normalizer
 from service.metrics import Metrics
 from service.ood import OodScorer
 from service.predictions import describe, softmax
@@ -63,7 +63,7 @@ class Description:
 
 
 class Model:
-    """One bundle being served: its runtime, batcher, OOD scorer and normaliser, and its paired baseline."""
+    """One bundle being served: its runtime, batcher, OOD scorer and normalizer, and its paired baseline."""
 
     def __init__(self, bundle: Bundle, runtime: ModelRuntime, batcher: Batcher, decoder: Decoder,
                  metrics: Metrics) -> None:
@@ -74,7 +74,7 @@ class Model:
         self.batcher = batcher
         self.max_batch_size = batcher.max_batch_size
         self.scorer = OodScorer(self.meta)
-        self.normalise = Normaliser(self.meta.input)
+        self.normalize = Normalizer(self.meta.input)
         self.baseline: Model | None = None
         self._decoder = decoder
         self._metrics = metrics
@@ -89,7 +89,7 @@ class Model:
 
     async def preprocess(self, uploads: list[Upload]) -> np.ndarray:
         """Uploads -> the float32 (N, C, H, W) input tensor."""
-        return self.normalise(await self.decode(uploads))
+        return self.normalize(await self.decode(uploads))
 
     async def infer(self, x: np.ndarray) -> Inference:
         """Run (N, C, H, W) float32 through the batcher, in chunks of at most max_batch_size."""
@@ -141,7 +141,7 @@ def parse_label(value: str | None, labels: list[str]) -> int | None:
     return index
 
 
-def _join(names: list[str], results: list[Result]) -> Inference:
+def _join(names: list[str], results: list[BatchSlice]) -> Inference:
     if len(results) == 1:
         r = results[0]
         return Inference(dict(zip(names, r.outputs, strict=True)), r.queue_s, r.infer_s, r.batch_size)

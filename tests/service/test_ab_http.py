@@ -11,7 +11,7 @@ from rbn.bundle import read_meta
 from rbn.corruptions import corrupt
 from rbn.data import LABELS
 from service.api.schemas.inference import AbResponse
-from service.imaging import Normaliser, decode
+from service.imaging import Normalizer, decode
 
 
 def ab(client, data: bytes, **params):
@@ -68,10 +68,10 @@ def test_corruption_is_applied_server_side_to_the_preprocessed_image(client, ser
     other_seed = ab(client, data, corruption="gaussian_noise", severity=5, seed=8)
     assert other_seed.results[0].arms.rbn.ood.stats != shifted.results[0].arms.rbn.ood.stats
 
-    # Reproduce it here: decode, corrupt the 28x28 uint8 image, normalise, and run the tensor over /v2.
+    # Reproduce it here: decode, corrupt the 28x28 uint8 image, normalize, and run the tensor over /v2.
     meta = read_meta(served_repo / RBN)
     image = decode(data, meta.input, 10**7)
-    x = Normaliser(meta.input)(corrupt(image[0], "gaussian_noise", 5, 7)[None, None])
+    x = Normalizer(meta.input)(corrupt(image[0], "gaussian_noise", 5, 7)[None, None])
     v2 = triton.InferenceServerClient(server.url.removeprefix("http://"))
     tensor = triton.InferInput("input", list(x.shape), "FP32")
     tensor.set_data_from_numpy(x)

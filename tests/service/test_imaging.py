@@ -15,7 +15,7 @@ from svc_support import SAMPLES, encode
 from rbn.bundle import InputSpec
 from rbn.data import MEAN, STD, normalize
 from service.errors import CorruptImage, EmptyBody, TooManyPixels, UndecodableImage
-from service.imaging import Normaliser, decode, open_image, render
+from service.imaging import Normalizer, decode, open_image, render
 
 SPEC = InputSpec(channels=1, height=28, width=28, mean=[MEAN], std=[STD])
 RGB_SPEC = InputSpec(channels=3, height=16, width=16, mean=[0.5] * 3, std=[0.25] * 3, invert="never")
@@ -42,10 +42,10 @@ def test_fashion_mnist_png_passes_through_unchanged():
     np.testing.assert_array_equal(out[0], x)
 
 
-def test_normalise_matches_training():
+def test_normalize_matches_training():
     x = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
-    np.testing.assert_allclose(Normaliser(SPEC)(x[:, None]), normalize(x), rtol=1e-5, atol=1e-5)
-    rgb = Normaliser(RGB_SPEC)(np.full((1, 3, 2, 2), 255, np.uint8))
+    np.testing.assert_allclose(Normalizer(SPEC)(x[:, None]), normalize(x), rtol=1e-5, atol=1e-5)
+    rgb = Normalizer(RGB_SPEC)(np.full((1, 3, 2, 2), 255, np.uint8))
     np.testing.assert_allclose(rgb, 2.0)
 
 
