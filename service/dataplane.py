@@ -5,14 +5,17 @@ comparison start here; the models do the work."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from service.abstats import AbTally
 from service.compare import compare, corrupt_images
 from service.decoding import Upload
 from service.errors import NoBaseline
+from service.imaging import to_png
 from service.metrics import NO_CORRUPTION
 from service.model import Inference, Model
 from service.state import ServiceState
@@ -50,6 +53,7 @@ def _name_files(items: list[dict], uploads: list[Upload]) -> None:
 class DataPlane:
     def __init__(self, state: ServiceState) -> None:
         self.state = state
+        self.ab_tally = AbTally()  # GET /ab/summary: this process's comparisons
 
     async def predict(self, model: Model, uploads: list[Upload], top_k: int) -> dict:
         """A ``PredictResponse``."""
@@ -75,8 +79,9 @@ class DataPlane:
         return result
 
     async def ab(self, model: Model, uploads: list[Upload], corruption: CorruptionRequest | None,
-                 label: int | None, top_k: int) -> dict:
-        """An ``AbResponse``: both arms on the same (optionally corrupted) preprocessed tensor, compared."""
+                 label: int | None, top_k: int, input_png: bool = False) -> dict:
+        """An ``AbResponse``: both arms on the same (optionally corrupted) preprocessed tensor, compared;
+        with ``input_png`` each result carries that image as a base64 PNG."""
         baseline = model.baseline
         if baseline is None:
             raise NoBaseline(f"model {model.name} has no loaded baseline to compare with"
@@ -91,8 +96,12 @@ class DataPlane:
         arms = model.describe(result, top_k), baseline.describe(base, top_k)
         results = compare(model, baseline, arms, label)
         _name_files(results, uploads)
+        if input_png:
+            for item, image in zip(results, images, strict=True):
+                item["input_png"] = base64.b64encode(to_png(image)).decode("ascii")
         shift = (NO_CORRUPTION, 0) if corruption is None else (corruption.name, corruption.severity)
         self.state.metrics.observe_ab(model.name, baseline.name, *shift, results)
+        self.ab_tally.add(model.name, baseline.name, *shift, results)
         timings = _timings(start, decoded, result)
         timings["baseline_inference_ms"] = _ms(base.infer_s)
         return {

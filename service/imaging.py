@@ -139,6 +139,14 @@ def _border_mean(pixels: np.ndarray) -> float:
     return float(_border_values(pixels).mean())
 
 
+def to_png(image: np.ndarray) -> bytes:
+    """uint8 (C, H, W) with 1 or 3 channels -> PNG bytes (what the page shows as the model's input)."""
+    pixels = image[0] if image.shape[0] == 1 else np.ascontiguousarray(image.transpose(1, 2, 0))
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG", compress_level=1)  # tens of pixels: fast beats small
+    return buffer.getvalue()
+
+
 def warm_up(spec: InputSpec) -> None:
     """Decode one tiny PNG and JPEG so the first request does not pay for loading Pillow's plugins."""
     for fmt in ("PNG", "JPEG"):

@@ -69,3 +69,5 @@ SEVERITY = QueryParam("severity", "corruption severity, with corruption; default
                       minimum=min(SEVERITIES), maximum=max(SEVERITIES), example=3)
 SEED = QueryParam("seed", "seed of the corruption's random draws; default 0", kind=int, minimum=0, maximum=2**32 - 1)
 LABEL = QueryParam("label", "true class: index or name (any case)", example="Sneaker")
+INPUT_PNG = QueryParam("input_png", "true: each result carries the image both arms saw (after preprocessing and "
+                       "corruption) as a base64 PNG in input_png", choices=("true", "false"), example="true")

@@ -80,6 +80,8 @@ class AbResult(Closed):
     correct: dict[str, bool] | None = Field(description="per arm, when a label was given")
     winner: str | None = Field(description="rbn | baseline | both | neither, when a label was given")
     filename: str | None = None
+    input_png: str | None = Field(None, description="with input_png=true: the image both arms saw (after "
+                                  "preprocessing and corruption, before normalisation) as a base64 PNG")
 
 
 class CorruptionApplied(Closed):
@@ -114,3 +116,48 @@ class AbResponse(Closed):
     label: LabelGiven | None
     results: list[AbResult]
     timings: AbTimings
+
+
+# --- A/B summary ----------------------------------------------------------------------------
+class Rate(Closed):
+    successes: int
+    total: int
+    value: float | None = Field(description="successes / total (null when total is 0)")
+    low: float = Field(description="Wilson 95% interval, lower end")
+    high: float = Field(description="Wilson 95% interval, upper end")
+
+
+class ArmAccuracy(Closed):
+    rbn: Rate
+    baseline: Rate
+
+
+class AbSummaryRow(Closed):
+    model: str
+    baseline: str
+    corruption: str = Field(description="corruption name, or 'none'")
+    severity: int = Field(description="1..5, or 0 without a corruption")
+    comparisons: int = Field(description="images compared")
+    agreement: Rate = Field(description="images on which both arms predicted the same class")
+    labelled: int = Field(description="images that came with a label")
+    accuracy: ArmAccuracy | None = Field(description="each arm's accuracy on the labelled images (null: none labelled)")
+
+
+class AbSummaryResponse(Closed):
+    model_config = examples({
+        "scope": "process", "since": "2026-11-29T13:20:00Z", "comparisons": 40, "dropped": 0,
+        "rows": [{
+            "model": "fmnist-resnet20-rbn", "baseline": "fmnist-resnet20-bn", "corruption": "gaussian_noise",
+            "severity": 3, "comparisons": 40, "agreement": {"successes": 36, "total": 40, "value": 0.9, "low": 0.769,
+                                                             "high": 0.96},
+            "labelled": 40,
+            "accuracy": {"rbn": {"successes": 34, "total": 40, "value": 0.85, "low": 0.709, "high": 0.929},
+                         "baseline": {"successes": 31, "total": 40, "value": 0.775, "low": 0.625, "high": 0.877}},
+        }],
+    })
+    scope: str = Field(description="'process': counted by this server process since it started "
+                                   "(Prometheus' rbn_serve_ab_* series add up every replica)")
+    since: str = Field(description="when this process started counting (UTC, ISO 8601)")
+    comparisons: int = Field(description="images compared, all rows")
+    dropped: int = Field(description="images not counted because the table reached its size bound")
+    rows: list[AbSummaryRow]
