@@ -1,88 +1,160 @@
-"""``rbn-serve serve`` (flags mirror the settings; flags win over RBN_SERVE_* variables) and
-``rbn-serve validate <bundle-dir>...`` (one line per bundle; non-zero exit on a bad one),
-``rbn-serve models DIR`` (write the bundles shipped in the package into DIR) and ``rbn-serve --version``."""
+"""The ``rbn-serve`` command line: ``serve`` (one flag per ``Settings`` field; flags win over
+RBN_SERVE_* variables), ``validate <bundle-dir>...`` (one line per bundle; non-zero exit on a bad one),
+``models DIR`` (write the bundles shipped in the package into DIR) and ``--version``.
+
+Every subcommand is a ``Command``: a pydantic-settings model whose fields pydantic-settings turns into
+the subcommand's flags and positional arguments (``CliSettingsSource``: kebab-case flags, ``--x/--no-x``
+for booleans, each field's description and environment variable in ``--help``), and the function that
+runs it. A new ``Settings`` field is a new ``serve`` flag with no change here; a new subcommand is a
+model, a function and one entry in ``COMMANDS``.
+
+The one piece of argparse left by hand is the root parser: pydantic-settings' own ``CliApp`` builds
+subcommands as fields of a root model, which gives neither ``--version`` nor our exit codes, and its
+parse errors end in a traceback. Here argparse owns the subcommand dispatch and ``--version``, every
+usage error is one ``rbn-serve ...: error: ...`` line with exit 2, and an invalid value is one
+``rbn-serve: invalid setting <field>: <why>`` line per field with exit 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-import types
-import typing
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    CliPositionalArg,
+    CliSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
-from service.config import ENV_PREFIX, Settings
+from service.config import Settings
 from service.shipped import package_version, write_shipped_models
 
-
-def _flag_type(annotation):
-    """The argparse type of a settings field (``int | None`` -> int, Literal -> choices)."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) is typing.Literal:
-        return str, list(typing.get_args(annotation))
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and args:
-        return _flag_type(args[0])
-    return annotation, None
+PROG = "rbn-serve"
+USAGE_ERROR = 2  # argparse's exit code for a bad command line; also ours for an invalid setting
 
 
-def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    for name, field in Settings.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        kind, choices = _flag_type(field.annotation)
-        default = field.get_default(call_default_factory=True)
-        help_text = f"{field.description or ''} [env {ENV_PREFIX}{name.upper()}, default {default}]"
-        if kind is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            parser.add_argument(flag, dest=name, type=kind if kind in (int, float) else str, choices=choices,
-                                default=None, metavar=name.upper() if not choices else None, help=help_text)
+class Arguments(BaseSettings):
+    """Base of a subcommand's arguments that are not settings: read from the command line only
+    (``Settings`` also reads the environment; a ``TARGET`` variable must not fill ``models``'s folder)."""
+
+    model_config = SettingsConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   **_: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)  # the command line source is put in front of these by pydantic-settings
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rbn-serve", description="Serve RBN image classifiers through ONNX Runtime.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="start the HTTP server")
-    _add_setting_flags(serve)
-    validate = commands.add_parser("validate", help="check bundle folders the way the server loads them")
-    validate.add_argument("bundles", nargs="+", type=Path, metavar="BUNDLE_DIR")
-    models = commands.add_parser("models", help="write the model bundles shipped in the package into a folder")
-    models.add_argument("target", type=Path, metavar="DIR")
-    return parser
+class ValidateArgs(Arguments):
+    bundles: CliPositionalArg[list[Path]]
+    """Bundle folders (``<repository>/<name>``)."""
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name, None) is not None}
-    return Settings(**overrides)
+class ModelsArgs(Arguments):
+    target: CliPositionalArg[Path]
+    """Folder to write the shipped bundles into (must not hold them already)."""
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "validate":
-        from service.validate import validate_dirs
-
-        return validate_dirs(args.bundles)
-    if args.command == "models":
-        try:
-            names = write_shipped_models(args.target)
-        except (FileNotFoundError, FileExistsError) as exc:
-            print(f"rbn-serve: {exc}", file=sys.stderr)
-            return 1
-        print(f"wrote {', '.join(names)} to {args.target}")
-        return 0
-    try:
-        settings = _settings(args)
-    except ValidationError as exc:
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "settings"
-            print(f"rbn-serve: invalid setting {where}: {err['msg']}", file=sys.stderr)
-        return 2
+def _serve(settings: Settings) -> int:
     from service import logs
     from service.server import serve
 
     logs.configure(settings.log_format, settings.log_level)
     return serve(settings)
+
+
+def _validate(args: ValidateArgs) -> int:
+    from service.validate import validate_dirs
+
+    return validate_dirs(args.bundles)
+
+
+def _models(args: ModelsArgs) -> int:
+    try:
+        names = write_shipped_models(args.target)
+    except (FileNotFoundError, FileExistsError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {', '.join(names)} to {args.target}")
+    return 0
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, one-line help, the model of its arguments and what runs it."""
+
+    name: str
+    help: str
+    arguments: type[BaseSettings]
+    run: Callable[[Any], int]
+
+
+COMMANDS = (
+    Command("serve", "start the HTTP server", Settings, _serve),
+    Command("validate", "check bundle folders the way the server loads them", ValidateArgs, _validate),
+    Command("models", "write the model bundles shipped in the package into a folder", ModelsArgs, _models),
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block): ``rbn-serve serve: error: ...``, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+@dataclass(frozen=True)
+class Cli:
+    """The root parser and, per subcommand, the pydantic-settings source that reads its arguments."""
+
+    parser: argparse.ArgumentParser
+    sources: dict[str, CliSettingsSource]
+
+    def parse(self, argv: list[str] | None) -> tuple[Command, BaseSettings]:
+        """argv -> the chosen command and its validated arguments (ValidationError on a bad value)."""
+        namespace = self.parser.parse_args(argv)
+        command = next(c for c in COMMANDS if c.name == namespace.command)
+        source = self.sources[command.name](parsed_args=namespace)
+        return command, command.arguments(_cli_settings_source=source)
+
+
+def build_cli() -> Cli:
+    """The ``rbn-serve`` parser: ``--version`` and one subparser per ``COMMANDS`` entry, whose flags and
+    positional arguments pydantic-settings generates from the command's model."""
+    parser = _Parser(prog=PROG, description="Serve RBN image classifiers through ONNX Runtime.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(c.name for c in COMMANDS) + "}")
+    sources = {}
+    for command in COMMANDS:
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
+        sources[command.name] = CliSettingsSource(
+            command.arguments, root_parser=sub, cli_kebab_case=True, cli_implicit_flags=True,
+            cli_show_env_vars=True, cli_hide_none_type=True, cli_exit_on_error=True,
+        )
+    return Cli(parser, sources)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli = build_cli()
+    try:
+        command, arguments = cli.parse(argv)
+    except ValidationError as exc:
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "settings"
+            print(f"{PROG}: invalid setting {where}: {err['msg']}", file=sys.stderr)
+        return USAGE_ERROR
+    except SettingsError as exc:  # a value pydantic-settings cannot parse before validation
+        print(f"{PROG}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return USAGE_ERROR
+    return command.run(arguments)
 
 
 if __name__ == "__main__":

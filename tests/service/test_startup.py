@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from skip_policy import allowed_skip
 from svc_support import BN, BROKEN, RBN, ROOT, start_server, write_batch_one_bundle
 
-from service.cli import _settings, build_parser
+from service.cli import build_cli
 from service.config import Settings
 
 
@@ -61,7 +61,7 @@ def test_env_prefix_and_flags_override(bundle_repo, monkeypatch):
     monkeypatch.setenv("RBN_SERVE_MAX_BATCH_SIZE", "8")
     monkeypatch.setenv("RBN_SERVE_PRIMARY_MODEL", BN)
     monkeypatch.setenv("RBN_SERVE_PROVIDERS", "cpu")
-    settings = _settings(build_parser().parse_args(["serve", "--max-batch-size", "4", "--access-log"]))
+    _, settings = build_cli().parse(["serve", "--max-batch-size", "4", "--access-log"])
     assert settings.model_repository == bundle_repo
     assert settings.primary_model == BN and settings.providers == "cpu"
     assert settings.max_batch_size == 4 and settings.access_log is True  # flags win over the environment
