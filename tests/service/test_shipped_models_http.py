@@ -98,3 +98,18 @@ def test_ab_answers_and_counters_are_the_pinned_values(shipped):
         ("rbn_serve_ab_correct_total", "rbn", "none", rbn, "0"): 1,  # "both": each arm once
         ("rbn_serve_ab_correct_total", "baseline", "none", rbn, "0"): 1,
     }  # "neither" adds to no ab_correct_total
+
+
+def test_fine_tuned_candidate_is_served_beside_the_bn_original(shipped):
+    """The third bundle: `rbn finetune` of the BN seed-0 checkpoint, A/B-paired with that BN bundle."""
+    info = shipped.get("/models/fmnist-resnet20-rbn-ft").json()
+    assert info["norm"] == "rbn" and info["baseline"] == "fmnist-resnet20-bn"
+    recipe = info["provenance"]["recipe"]  # /models says how the candidate was made
+    assert recipe["source"] == "checkpoints/resnet20-bn-s0.pt" and recipe["finetuned_epochs"] == 5
+    assert recipe["calibration_lr"] == 0.5
+    data, label = all_samples()[0]
+    body = shipped.post(f"/ab?model=fmnist-resnet20-rbn-ft&label={label}", content=data,
+                        headers={"Content-Type": "image/png"}).json()
+    arms = body["results"][0]["arms"]
+    assert arms["rbn"]["model"] == "fmnist-resnet20-rbn-ft" and arms["baseline"]["model"] == "fmnist-resnet20-bn"
+    assert arms["rbn"]["index"] == arms["baseline"]["index"] == label  # a clean ankle boot: both right
