@@ -28,6 +28,9 @@ SCORE_NAME = "ood_score"
 MODEL_JSON = "model.json"
 CONFIG_PBTXT = "config.pbtxt"
 ONNX_FILE = "model.onnx"
+# How long a batch waits for more requests, by default: rbn-serve's `max_queue_delay_ms` setting and
+# Triton's `max_queue_delay_microseconds` in every config.pbtxt, so a bundle batches alike in both.
+MAX_QUEUE_DELAY_MS = 2.0
 
 
 class BundleError(Exception):
@@ -195,28 +198,68 @@ def graph_outputs(meta: BundleMeta) -> dict[str, list[int]]:
     return outputs
 
 
+class _Enum(str):
+    """A protobuf enum value: written without quotes."""
+
+
+class _OneLine(tuple):
+    """A repeated message written on one line (``[ { ... } ]``) instead of one element per line."""
+
+
 def triton_config(meta: BundleMeta) -> str:
-    """config.pbtxt for Triton's onnxruntime backend (batch dimension implicit)."""
+    """config.pbtxt for Triton's onnxruntime backend (batch dimension implicit), as protobuf text.
+
+    The configuration is data (``config``) written by ``_pbtxt``; ``validate_bundle`` compares the
+    file with this text, so the layout (which lists are one line) is part of the format and stays as
+    the 0.1 bundles have it (tests/rbn/fixtures/bundle-0.1).
+    """
     spec = meta.input
-    return (
-        f'name: "{meta.name}"\n'
-        'platform: "onnxruntime_onnx"\n'
-        f"max_batch_size: {meta.max_batch_size}\n"
-        "input [\n"
-        f'  {{ name: "{spec.name}", data_type: TYPE_FP32, dims: [ {spec.channels}, {spec.height}, {spec.width} ] }}\n'
-        "]\n"
-        "output [\n"
-        + ",\n".join(
-            f'  {{ name: "{name}", data_type: TYPE_FP32, dims: [ {", ".join(map(str, dims))} ] }}'
-            for name, dims in graph_outputs(meta).items()
-        )
-        + "\n]\n"
-        "dynamic_batching {\n"
-        f"  preferred_batch_size: [ {', '.join(str(b) for b in _preferred_sizes(meta.max_batch_size))} ]\n"
-        "  max_queue_delay_microseconds: 2000\n"
-        "}\n"
-        'instance_group [ { kind: KIND_AUTO, count: 1 } ]\n'
-    )
+    config = {
+        "name": meta.name,
+        "platform": "onnxruntime_onnx",
+        "max_batch_size": meta.max_batch_size,
+        "input": [_tensor(spec.name, [spec.channels, spec.height, spec.width])],
+        "output": [_tensor(name, dims) for name, dims in graph_outputs(meta).items()],
+        "dynamic_batching": {
+            "preferred_batch_size": _preferred_sizes(meta.max_batch_size),
+            "max_queue_delay_microseconds": round(MAX_QUEUE_DELAY_MS * 1000),
+        },
+        "instance_group": _OneLine([{"kind": _Enum("KIND_AUTO"), "count": 1}]),
+    }
+    return _pbtxt(config)
+
+
+def _tensor(name: str, dims: list[int]) -> dict:
+    return {"name": name, "data_type": _Enum("TYPE_FP32"), "dims": dims}
+
+
+def _pbtxt(message: dict) -> str:
+    """Top-level fields one per line; a message field as an indented block; a repeated message one
+    element per line (``_OneLine``: all on one line); nested messages and lists inline."""
+    lines = []
+    for key, value in message.items():
+        if isinstance(value, dict):
+            lines += [f"{key} {{", *(f"  {k}: {_value(v)}" for k, v in value.items()), "}"]
+        elif isinstance(value, _OneLine):
+            lines.append(f"{key} {_value(list(value))}")
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            lines += [f"{key} [", ",\n".join(f"  {_value(v)}" for v in value), "]"]
+        else:
+            lines.append(f"{key}: {_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _value(value: object) -> str:
+    """A value written inline: quoted string, bare enum or number, ``[ a, b ]``, ``{ k: v, ... }``."""
+    if isinstance(value, _Enum):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k}: {_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[ " + ", ".join(_value(v) for v in value) + " ]"
+    return str(value)
 
 
 def _preferred_sizes(max_batch_size: int) -> list[int]:

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rbn.bundle import MAX_QUEUE_DELAY_MS
 from service.shipped import default_model_repository
 
 ENV_PREFIX = "RBN_SERVE_"
@@ -52,7 +53,7 @@ class Settings(BaseSettings):
     # --- dynamic batching -------------------------------------------------------------------
     max_batch_size: int = Field(32, ge=1)
     """Largest batch, in images, the batcher forms (capped by each bundle's own max_batch_size)."""
-    max_queue_delay_ms: float = Field(2.0, ge=0)
+    max_queue_delay_ms: float = Field(MAX_QUEUE_DELAY_MS, ge=0)  # also every config.pbtxt's (rbn.bundle)
     """With an inference slot free, how long a batch waits for more requests; an idle runtime runs at once."""
     max_queue_size: int = Field(256, ge=1)
     """Images waiting per model; beyond it requests get 503 with Retry-After at once (must be >= max_batch_size and max_files).

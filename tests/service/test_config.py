@@ -45,3 +45,12 @@ def test_the_environment_sets_every_field(monkeypatch, tmp_path):
     assert (settings.model_repository, settings.decode_threads, settings.primary_model) == (tmp_path, 3, None)
     with pytest.raises(ValidationError, match="not a directory"):
         Settings(model_repository=tmp_path / "absent")
+
+
+def test_the_batching_delay_default_is_the_one_every_triton_config_declares():
+    """One number (rbn.bundle.MAX_QUEUE_DELAY_MS): rbn-serve's default and Triton's config.pbtxt."""
+    delay_us = round(Settings(model_repository=SHIPPED).max_queue_delay_ms * 1000)
+    configs = sorted(SHIPPED.glob("*/config.pbtxt"))
+    assert delay_us == 2000 and configs
+    for config in configs:
+        assert f"  max_queue_delay_microseconds: {delay_us}\n" in config.read_text(), config
