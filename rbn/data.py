@@ -12,6 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from rbn.bundle import InputSpec
+from rbn.preprocess import Normalizer
+
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 DATA_DIR_ENV = "RBN_FASHION_MNIST_DIR"
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
@@ -24,6 +27,9 @@ LABELS = (
 # Per-pixel statistics of the 60k training images on [0, 1] (tests/rbn/test_data.py checks them).
 MEAN = 0.2860
 STD = 0.3530
+# The input of every Fashion-MNIST model, as a bundle's model.json declares it.
+INPUT = InputSpec(channels=1, height=28, width=28, mean=[MEAN], std=[STD])
+_NORMALIZE = Normalizer(INPUT)
 
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -89,6 +95,6 @@ def load_split(split: str, path: str | os.PathLike | None = None) -> Split:
 
 
 def normalize(images_u8: np.ndarray) -> np.ndarray:
-    """uint8 (N, H, W) -> float32 (N, 1, H, W), the models' input."""
-    x = images_u8.astype(np.float32)[:, None] / 255.0
-    return (x - MEAN) / STD
+    """uint8 (N, H, W) -> float32 (N, 1, H, W), the models' input: the service's own normalisation
+    (rbn.preprocess.Normalizer) with the input spec every Fashion-MNIST bundle declares (``INPUT``)."""
+    return _NORMALIZE(images_u8[:, None])

@@ -57,6 +57,8 @@ class OnnxClassifier:
         self.batch_size = batch_size
 
     def predict(self, images_u8: np.ndarray) -> Predictions:
+        # fmnist.normalize is the service's normalisation (rbn.preprocess.Normalizer with the bundles'
+        # input spec): the graph sees here exactly the tensors it sees behind /predict
         parts = [
             self.session.run(self.outputs, {"input": fmnist.normalize(images_u8[i : i + self.batch_size])})
             for i in range(0, len(images_u8), self.batch_size)

@@ -2,7 +2,8 @@
 
 Two steps so the caller can choose where the work runs: ``open_image`` reads only the header and
 enforces the pixel limit before any pixel is decoded; ``render`` decodes and brings the image to
-the bundle's input (uint8, channels first). ``Normalizer`` turns a uint8 batch into float32.
+the bundle's input (uint8, channels first). ``Normalizer`` turns a uint8 batch into float32; it is
+defined once, in ``rbn.preprocess``, so that evaluation (rbn.evaluate) feeds the graph the same tensors.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from rbn.bundle import InputSpec
+from rbn.preprocess import Normalizer  # noqa: F401 - the service's normalize step, imported from here
 from service.errors import CorruptImage, EmptyBody, ServiceError, TooManyPixels, UndecodableImage
 
 # Formats we read; Pillow's other plugins (EPS via Ghostscript, PSD, ...) are never tried on user data.
@@ -65,22 +67,6 @@ def render(image: Image.Image, spec: InputSpec) -> np.ndarray:
 def decode(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
     """``open_image`` then ``render``."""
     return render(open_image(data, max_pixels), spec)
-
-
-class Normalizer:
-    """uint8 (N, C, H, W) -> float32 ``(x / 255 - mean) / std`` per channel."""
-
-    def __init__(self, spec: InputSpec) -> None:
-        std = np.asarray(spec.std, np.float64).reshape(-1, 1, 1)
-        mean = np.asarray(spec.mean, np.float64).reshape(-1, 1, 1)
-        self.scale = (1.0 / (255.0 * std)).astype(np.float32)
-        self.bias = (-mean / std).astype(np.float32)
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        x = images.astype(np.float32)
-        x *= self.scale
-        x += self.bias
-        return x
 
 
 def _to_mode(image: Image.Image, channels: int) -> Image.Image:

@@ -41,3 +41,30 @@ def test_relative_corruption_error_is_one_for_the_baseline_itself():
     assert relative_corruption_error(bn, bn)["mean"] == 1.0
     ce = relative_corruption_error(rbn, bn)
     assert ce["a"] == pytest.approx(0.15 / 0.3) and ce["b"] == pytest.approx(1.0)
+
+
+def test_evaluation_feeds_the_graph_the_tensors_the_service_does():
+    """rbn.evaluate normalises with rbn.data.normalize, the service with its model's
+    Normalizer(meta.input): for every shipped bundle the arrays and the graph's outputs are identical."""
+    from pathlib import Path
+
+    import onnxruntime as ort
+
+    from rbn import data as fmnist
+    from rbn.bundle import onnx_path, read_meta
+    from rbn.evaluate import OnnxClassifier
+    from service.imaging import Normalizer  # what service.model.Model.preprocess applies
+
+    models = Path(__file__).resolve().parents[2] / "models"
+    images = (np.arange(4 * 28 * 28) % 256).astype(np.uint8).reshape(4, 28, 28)  # every pixel value
+    for folder in sorted(p.parent for p in models.glob("*/model.json")):
+        meta = read_meta(folder)
+        served = Normalizer(meta.input)(images[:, None])
+        assert meta.input.mean == [fmnist.MEAN] and meta.input.std == [fmnist.STD], folder.name
+        assert fmnist.normalize(images).dtype == served.dtype and np.array_equal(fmnist.normalize(images), served)
+        onnx_bytes = onnx_path(folder, meta.version).read_bytes()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1  # as the classifier below: same kernels, same sums
+        session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+        logits = session.run(["logits"], {"input": served})[0]
+        assert np.array_equal(OnnxClassifier(onnx_bytes, threads=1).predict(images).logits, logits), folder.name
