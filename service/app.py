@@ -18,6 +18,7 @@ from service.metrics import Metrics
 from service.middleware import UNMATCHED, ObserveRequests
 from service.oip import server_metadata
 from service.state import ServiceState
+from service.web import page
 
 DESCRIPTION = """\
 Image classifiers built with Representative Batch Normalization, served through ONNX Runtime.
@@ -25,7 +26,8 @@ Image classifiers built with Representative Batch Normalization, served through 
 * `POST /predict` — top-k labels and an out-of-distribution block per image.
 * `POST /ab` — an RBN model against its BN baseline on the same (optionally corrupted) input.
 * `/v2/...` — the Open Inference Protocol (KServe / Triton REST) on preprocessed FP32 tensors.
-* `GET /models`, `/healthz`, `/readyz`, `/metrics`.
+* `GET /ab/summary` — what this process's A/B comparisons found, with Wilson 95% intervals.
+* `GET /models`, `/healthz`, `/readyz`, `/metrics`; `GET /` is a page for trying the A/B comparison.
 
 Errors on our routes are `{"error": {"code", "message"}}`; on `/v2` routes `{"error": message}`.
 """
@@ -52,6 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(models.router)    # GET /models, /models/{name}
     app.include_router(health.router)    # GET /healthz, /readyz, /metrics
     app.include_router(v2.router)        # /v2, /v2/health/{live,ready}, /v2/models/{name}[/versions/{v}][/ready|/infer]
+    page.install(app)                    # GET / (the A/B workbench), /static, /samples; /docs and /redoc offline
 
     def on_reject(request: Request, status: int, code: str) -> None:
         route = request.scope.get("route")

@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 from deploy_support import ROOT, Server, free_port, http, sample_images
 
-BUILD_INPUTS = ("pyproject.toml", "README.md", "LICENSE", "rbn", "service", "models")
+BUILD_INPUTS = ("pyproject.toml", "README.md", "LICENSE", "rbn", "service", "models", "samples")
 PACKAGES = ("rbn", "service")  # the code packages; every module in them must be in the wheel
 MODELS_PACKAGE = "rbn_serve_models"
+SAMPLES_PACKAGE = "rbn_serve_samples"
 
 
 def step(args: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
@@ -95,6 +96,13 @@ def test_wheel_holds_every_module_and_every_shipped_bundle_file(dist):
             packaged = f"{MODELS_PACKAGE}/{path.relative_to(models).as_posix()}"
             assert packaged in names, f"{packaged} is not in the wheel"
             assert whl.read(packaged) == path.read_bytes(), packaged
+        # The page's static files (package data of service.web) and the samples it offers.
+        data = [(p, p.relative_to(dist["src"]).as_posix()) for p in (dist["src"] / "service" / "web" / "static").iterdir()]
+        data += [(p, f"{SAMPLES_PACKAGE}/{p.relative_to(dist['src'] / 'samples').as_posix()}")
+                 for p in (dist["src"] / "samples").rglob("*") if p.is_file()]
+        assert len(data) > 10
+        for path, packaged in data:
+            assert packaged in names and whl.read(packaged) == path.read_bytes(), f"{packaged} is not in the wheel"
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +141,11 @@ def test_installed_wheel_serves_the_shipped_models_from_another_folder(installed
         shipped = sorted(p.parent.name for p in (dist["src"] / "models").glob("*/model.json"))
         assert sorted(m["name"] for m in models["models"]) == shipped and models["server_version"] == version
         assert json.loads(http("GET", server.url + "/v2")[1])["version"] == version
+        # the page, a sample it offers and the offline API docs' assets, from the installed package data
+        status, body = http("GET", server.url + "/")
+        assert status == 200 and b"/static/app.js" in body, body[:200]
+        for path in ("/static/app.js", "/samples/fashion-mnist/labels.json", "/docs-assets/swagger-ui-bundle.js"):
+            assert http("GET", server.url + path)[0] == 200, path
     finally:
         code = server.stop(timeout=40)
     assert code == 0, server.log_tail(40)
