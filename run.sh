@@ -11,8 +11,9 @@ cd "$(dirname "$0")"
 
 VENV=${RBN_VENV:-.venv}
 # The test suite's Debian packages: the data set (training and evaluation tests), Prometheus (promtool and
-# the dashboard queries), HAProxy (the gateway config check) and wrk (benchmark tests). Serving needs none.
-TEST_APT_PACKAGES=(dataset-fashion-mnist prometheus haproxy wrk)
+# the dashboard queries), HAProxy (the gateway config check), wrk (benchmark tests) and headless Chromium with
+# its WebDriver (the page at /, tests/web, driven by Selenium from the dev extra). Serving needs none.
+TEST_APT_PACKAGES=(dataset-fashion-mnist prometheus haproxy wrk chromium chromium-driver)
 
 install_debian_packages() {
   local missing=()

@@ -1,0 +1,163 @@
+"""The page at / and /docs in a real headless Chromium (Debian's chromium + chromium-driver, driven by
+Selenium): upload a sample, both arms shown as the API answers them, the severity slider changes the
+answer, a sweep draws every corruption, the summary count grows; no request leaves the server's origin
+(Chrome's DevTools network events) and the console stays clean. Screenshots at 1366x768 and at a
+390-px phone width go to the test's temporary folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import Select, WebDriverWait
+from web_support import SAMPLES, is_local
+
+WAIT = 60  # seconds any one step may take on a busy 2-core machine
+SAMPLE = SAMPLES / "fashion-mnist" / "0_ankle-boot.png"
+ANKLE_BOOT = 9
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver_path, "chromium and chromium-driver are Debian packages that ./run.sh test installs"
+    folder = tmp_path_factory.mktemp("chromium")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1366,768",
+                 f"--user-data-dir={folder / 'profile'}", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-default-apps"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path, log_output=str(folder / "chromedriver.log")), options=options)
+    driver.set_page_load_timeout(WAIT)
+    driver.get("about:blank")
+    driver.get_log("performance")  # the browser's own start page (chrome:// URLs) is not the page under test
+    yield driver
+    driver.quit()
+
+
+def until(driver, condition, what: str):
+    return WebDriverWait(driver, WAIT).until(condition, message=f"waited {WAIT} s for {what}")
+
+
+def requested_urls(driver) -> list[str]:
+    """Every URL the page asked for since the last call (DevTools Network.requestWillBeSent events)."""
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls
+
+
+def console_errors(driver) -> list[dict]:
+    return [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def text(driver, css: str) -> str:
+    return driver.find_element(By.CSS_SELECTOR, css).text
+
+
+def screenshots(driver, folder: Path, name: str) -> list[Path]:
+    """The viewport at 1366x768 and at 390x844, and the whole page at each width."""
+    paths = []
+    for width, height in ((1366, 768), (390, 844)):
+        driver.set_window_size(width, height)
+        driver.execute_script("window.scrollTo(0, 0)")
+        paths.append(folder / f"{name}-{width}.png")
+        assert driver.save_screenshot(str(paths[-1]))
+        full = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(width, min(full + 140, 6000))
+        paths.append(folder / f"{name}-{width}-full.png")
+        assert driver.save_screenshot(str(paths[-1]))
+    driver.set_window_size(1366, 768)
+    return paths
+
+
+def api_ab(http, **params) -> dict:
+    answer = http.post("/ab", content=SAMPLE.read_bytes(), headers={"Content-Type": "image/png"},
+                       params={"top_k": 10, **params})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["results"][0]
+
+
+def test_upload_compare_slide_sweep_and_summary(browser, page_server, http, tmp_path):
+    d = browser
+    d.get(page_server.url + "/")
+    until(d, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true", "the page to start")
+    assert d.title == "rbn-serve · A/B workbench"
+
+    # Upload a sample through the file input: both arms appear, as the API answers them.
+    d.find_element(By.ID, "file").send_keys(str(SAMPLE))
+    until(d, lambda d: d.find_element(By.ID, "result").get_attribute("data-seq"), "the first comparison")
+    clean = api_ab(http)
+    for side in ("rbn", "baseline"):
+        arm = clean["arms"][side]
+        assert arm["model"] in text(d, f"#arm-{side} h3")
+        assert text(d, f"#arm-{side} .predicted") == arm["label"]
+        assert text(d, f"#arm-{side} .probability") == f"{100 * arm['probability']:.1f}%"
+        assert text(d, f"#arm-{side} .ood .score") == f"{arm['ood']['score']:.2f}"
+        assert d.execute_script(f"return document.querySelector('#arm-{side} img.seen').naturalWidth") == 28
+    assert text(d, "#agree") == ("yes" if clean["agree"] else "no")
+    assert text(d, "#l1") == f"{clean['l1_distance']:.3f}"
+
+    # A label and a corruption; then the severity slider, moved with the keyboard, changes the answer.
+    Select(d.find_element(By.ID, "label")).select_by_value(str(ANKLE_BOOT))
+    Select(d.find_element(By.ID, "corruption")).select_by_value("gaussian_noise")
+    until(d, lambda d: "gaussian noise, severity 3" in text(d, "#verdict"), "the corrupted comparison")
+    slider = d.find_element(By.ID, "severity")
+    assert slider.is_enabled() and slider.get_attribute("value") == "3"
+    before_png = d.find_element(By.CSS_SELECTOR, "#arm-rbn img.seen").get_attribute("src")
+    at3 = api_ab(http, corruption="gaussian_noise", severity=3, label=ANKLE_BOOT)
+    at5 = api_ab(http, corruption="gaussian_noise", severity=5, label=ANKLE_BOOT)
+    slider.send_keys(Keys.ARROW_RIGHT, Keys.ARROW_RIGHT)
+    until(d, lambda d: "severity 5" in text(d, "#verdict"), "the answer at severity 5")
+    assert text(d, "#severity-value") == "5"
+    assert d.find_element(By.CSS_SELECTOR, "#arm-rbn img.seen").get_attribute("src") != before_png
+    shown = text(d, "#arm-rbn .probability")
+    assert shown == f"{100 * at5['arms']['rbn']['probability']:.1f}%"
+    assert at5["arms"]["rbn"]["probability"] != at3["arms"]["rbn"]["probability"]  # the check above means something
+
+    # The sweep: 14 corruptions x 5 severities, two 5-point curves each; the summary grows by 71 (+ the clean run).
+    until(d, lambda d: d.find_element(By.ID, "summary-count").get_attribute("data-count"), "the summary")
+    counted = int(d.find_element(By.ID, "summary-count").get_attribute("data-count"))
+    d.find_element(By.ID, "sweep").click()
+    until(d, lambda d: d.find_element(By.ID, "sweep-section").get_attribute("data-count") == "70", "the sweep")
+    figures = d.find_elements(By.CSS_SELECTOR, "#sweep-plots figure")
+    assert len(figures) == 14
+    for figure in figures:
+        lines = figure.find_elements(By.TAG_NAME, "polyline")
+        assert len(lines) == 2 and all(len(line.get_attribute("points").split()) == 5 for line in lines)
+    until(d, lambda d: int(d.find_element(By.ID, "summary-count").get_attribute("data-count")) >= counted + 71,
+          "the summary count to grow by the sweep")
+    rows = d.find_elements(By.CSS_SELECTOR, "#summary tbody tr")
+    assert any("gaussian noise" in row.text for row in rows)
+
+    shots = screenshots(d, tmp_path, "workbench")
+    assert all(p.stat().st_size > 10_000 for p in shots)
+
+    urls = requested_urls(d)
+    assert any(u.startswith(page_server.url + "/ab?") for u in urls)
+    assert all(is_local(u, page_server.url) for u in urls), [u for u in urls if not is_local(u, page_server.url)]
+    assert console_errors(d) == []
+
+
+def test_docs_render_from_local_assets(browser, page_server, tmp_path):
+    d = browser
+    d.get_log("performance")  # forget the earlier test's requests
+    d.get(page_server.url + "/docs")
+    until(d, lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"), "Swagger UI to list the routes")
+    paths = {e.text.replace("\u200b", "") for e in d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert {"/predict", "/ab", "/ab/summary"} <= paths
+    assert d.save_screenshot(str(tmp_path / "docs-1366.png"))
+    urls = requested_urls(d)
+    assert any(u.endswith("/docs-assets/swagger-ui-bundle.js") for u in urls)
+    assert all(is_local(u, page_server.url) for u in urls), [u for u in urls if not is_local(u, page_server.url)]
+    assert console_errors(d) == []
