@@ -8,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-from bench.procs import ServerProcess, free_port
+from tests.procs import ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
