@@ -1,6 +1,7 @@
 """The ``rbn-serve`` command line: ``serve`` (one flag per ``Settings`` field; flags win over
 RBN_SERVE_* variables), ``validate <bundle-dir>...`` (one line per bundle; non-zero exit on a bad one),
-``models DIR`` (write the bundles shipped in the package into DIR) and ``--version``.
+``models DIR`` (write the bundles shipped in the package into DIR), ``ab-eval FOLDER`` (a client: drive a
+running server's /ab with labelled images, ``service.abeval``) and ``--version``.
 
 Every subcommand is a ``Command``: a pydantic-settings model whose fields pydantic-settings turns into
 the subcommand's flags and positional arguments (``CliSettingsSource``: kebab-case flags, ``--x/--no-x``
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     CliPositionalArg,
@@ -63,6 +64,30 @@ class ModelsArgs(Arguments):
     """Folder to write the shipped bundles into (must not hold them already)."""
 
 
+class AbEvalArgs(Arguments):
+    folder: CliPositionalArg[Path]
+    """Labelled images: one sub-folder per class (torchvision's ImageFolder; names matched to the model's
+    labels ignoring case and punctuation), or a folder with a labels.json (the shipped samples)."""
+    server: str = "http://127.0.0.1:8000"
+    """Base URL of a running rbn-serve."""
+    model: str | None = None
+    """RBN model compared with its baseline (default: the server's primary model)."""
+    corruptions: list[str] = []
+    """Corruptions, comma-separated; 'none' is the clean images (default: none and every corruption)."""
+    severities: list[int] = []
+    """Severities 1..5, comma-separated (default: all)."""
+    concurrency: int = Field(4, ge=1, le=64)
+    """Requests in flight at once."""
+    batch: int = Field(8, ge=1, le=64)
+    """Images per request (of one class; at most the server's max_files)."""
+    api_key: str | None = None
+    """API key sent as 'Authorization: Bearer' (default: the RBN_SERVE_API_KEY environment variable)."""
+    out: Path = Path("ab-eval")
+    """Folder for ab-eval.csv, ab-eval.json and ab-eval.png."""
+    timeout: float = Field(60.0, gt=0)
+    """Seconds one request may take."""
+
+
 def _serve(settings: Settings) -> int:
     from service import logs
     from service.server import serve
@@ -87,6 +112,15 @@ def _models(args: ModelsArgs) -> int:
     return 0
 
 
+def _ab_eval(args: AbEvalArgs) -> int:
+    import os
+
+    from service.abeval import run
+
+    return run(args.folder, args.server, args.model, args.corruptions, args.severities, args.concurrency,
+               args.batch, args.api_key or os.environ.get("RBN_SERVE_API_KEY"), args.out, args.timeout)
+
+
 @dataclass(frozen=True)
 class Command:
     """One subcommand: its name, one-line help, the model of its arguments and what runs it."""
@@ -101,6 +135,8 @@ COMMANDS = (
     Command("serve", "start the HTTP server", Settings, _serve),
     Command("validate", "check bundle folders the way the server loads them", ValidateArgs, _validate),
     Command("models", "write the model bundles shipped in the package into a folder", ModelsArgs, _models),
+    Command("ab-eval", "compare a server's RBN model with its baseline on a folder of labelled images (/ab)",
+            AbEvalArgs, _ab_eval),
 )
 
 

@@ -31,7 +31,7 @@ def test_every_setting_has_its_flag_description_and_variable_in_help(capsys, mon
 
 def test_every_command_is_listed_in_the_root_help(capsys, monkeypatch):
     text = _help(capsys, monkeypatch)
-    assert [c.name for c in COMMANDS] == ["serve", "validate", "models"]
+    assert [c.name for c in COMMANDS] == ["serve", "validate", "models", "ab-eval"]
     for command in COMMANDS:
         assert f"{command.name} {' '.join(command.help.split())}" in text
 
@@ -66,7 +66,7 @@ def test_a_bad_value_is_one_line_and_exit_2(argv, env, line, monkeypatch, capsys
 
 
 def test_a_missing_command_or_argument_is_one_line_and_exit_2(capsys):
-    for argv, line in (([], "rbn-serve: error: the following arguments are required: {serve,validate,models}"),
+    for argv, line in (([], "rbn-serve: error: the following arguments are required: {serve,validate,models,ab-eval}"),
                        (["models"], "rbn-serve models: error: the following arguments are required: TARGET")):
         with pytest.raises(SystemExit) as info:
             main(argv)

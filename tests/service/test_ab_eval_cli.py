@@ -1,0 +1,110 @@
+"""``rbn-serve ab-eval`` end to end: the command in a subprocess against a real server on the shipped
+bundles, with the shipped Fashion-MNIST samples laid out as an ImageFolder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import httpx
+import pytest
+from PIL import Image
+from svc_support import ROOT, SAMPLES, start_server
+
+from service.abstats import rate
+
+FOLDER_NAMES = {"T-shirt/top": "t-shirt-top", "Ankle boot": "ANKLE BOOT"}  # matched ignoring case and punctuation
+
+
+@pytest.fixture(scope="module")
+def shipped_server(tmp_path_factory):
+    proc = start_server(ROOT / "models", tmp_path_factory.mktemp("ab_eval_server"))
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """samples/fashion-mnist as torchvision's ImageFolder: one sub-folder per class."""
+    root = tmp_path_factory.mktemp("imagefolder")
+    entries = json.loads((SAMPLES / "fashion-mnist" / "labels.json").read_text())[:30]
+    for entry in entries:
+        folder = root / FOLDER_NAMES.get(entry["label_name"], entry["label_name"])
+        folder.mkdir(exist_ok=True)
+        (folder / entry["file"]).write_bytes((SAMPLES / "fashion-mnist" / entry["file"]).read_bytes())
+    return root, entries
+
+
+def ab_eval(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RBN_SERVE_")}
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run([sys.executable, "-m", "service", "ab-eval", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT, check=False)
+
+
+def test_table_files_and_plot_agree_with_the_servers_own_count(shipped_server, image_folder, tmp_path):
+    folder, entries = image_folder
+    out = tmp_path / "out"
+    done = ab_eval(str(folder), "--server", shipped_server.url, "--corruptions", "none,gaussian_noise",
+                   "--severities", "1,4", "--concurrency", "3", "--batch", "4", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "ab-eval.json").read_text())
+    assert report["images"] == len(entries) and report["comparisons"] == 3 * len(entries)
+    assert [(r["corruption"], r["severity"]) for r in report["rows"]] == [("none", 0), ("gaussian_noise", 1),
+                                                                           ("gaussian_noise", 4)]
+    # The server counted the same comparisons, and each arm's right answers, as the client did.
+    summary = httpx.get(shipped_server.url + "/ab/summary").json()
+    served = {(r["corruption"], r["severity"]): r for r in summary["rows"]}
+    for row in report["rows"]:
+        theirs = served[(row["corruption"], row["severity"])]
+        assert theirs["comparisons"] == theirs["labelled"] == row["images"] == len(entries)
+        assert theirs["accuracy"]["rbn"] == row["rbn"] == rate(row["rbn"]["successes"], len(entries))
+        assert theirs["accuracy"]["baseline"] == row["baseline"] and theirs["agreement"] == row["agreement"]
+    clean = report["rows"][0]
+    assert clean["rbn"]["value"] >= 0.8  # the shipped model on its own data set's samples
+    # The table on stdout, the CSV and the plot.
+    table = done.stdout.splitlines()
+    assert table[0].split()[:3] == ["corruption", "sev", "images"]
+    noise4 = next(line for line in table if line.startswith("gaussian_noise") and line.split()[1] == "4")
+    assert f"{100 * report['rows'][2]['rbn']['value']:5.1f} [" in noise4
+    with (out / "ab-eval.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["rbn_correct"]) for r in rows] == [r["rbn"]["successes"] for r in report["rows"]]
+    with Image.open(out / "ab-eval.png") as plot:
+        assert plot.format == "PNG" and plot.width >= 1000
+    assert f"{len(entries) * 3}/{len(entries) * 3} images" in done.stderr  # the progress bar finished
+
+
+def test_input_problems_are_one_line_and_exit_2(shipped_server, image_folder, tmp_path):
+    folder, _ = image_folder
+    odd = tmp_path / "odd"
+    (odd / "Boots").mkdir(parents=True)
+    (odd / "Boots" / "a.png").write_bytes((SAMPLES / "fashion-mnist" / "0_ankle-boot.png").read_bytes())
+    done = ab_eval(str(odd), "--server", shipped_server.url, "--out", str(tmp_path / "x"))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "class 'Boots' is not one of the model's labels" in done.stderr
+    broken = tmp_path / "broken"
+    (broken / "Bag").mkdir(parents=True)
+    (broken / "Bag" / "notes.png").write_text("not an image")
+    done = ab_eval(str(broken), "--server", shipped_server.url, "--out", str(tmp_path / "x"))
+    assert done.returncode == 2 and "notes.png: not an image we can read" in done.stderr
+    done = ab_eval(str(folder), "--server", shipped_server.url, "--corruptions", "smudge")
+    assert done.returncode == 2 and "unknown corruption 'smudge'" in done.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_server_errors_exit_non_zero(shipped_server, image_folder, tmp_path):
+    folder, _ = image_folder
+    # 17 images in one request: the server's max_files (16) answers 413 for the classes that have as many.
+    many = tmp_path / "many"
+    (many / "Bag").mkdir(parents=True)
+    for i in range(17):
+        (many / "Bag" / f"{i}.png").write_bytes((SAMPLES / "fashion-mnist" / "18_bag.png").read_bytes())
+    done = ab_eval(str(many), "--server", shipped_server.url, "--batch", "17", "--corruptions", "none",
+                   "--out", str(tmp_path / "y"))
+    assert done.returncode == 1 and "answered 413" in done.stderr and not (tmp_path / "y").exists()
+    done = ab_eval(str(folder), "--server", "http://127.0.0.1:9", "--out", str(tmp_path / "y"))
+    assert done.returncode == 1 and "cannot reach http://127.0.0.1:9" in done.stderr
