@@ -1,7 +1,7 @@
 """A server in a subprocess on an ephemeral loopback port: the port, one HTTP request, the process.
 
-Shared by the benchmark scripts (through bench/common.py) and the test helpers (tests/service,
-tests/deploy). Standard library only, so that every script, the GPU one included, can import it.
+Shared by the test helpers (tests/service, tests/deploy, tests/reliability) and the benchmark scripts
+(through bench/common.py). Standard library only, so that every script, the GPU one included, can import it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Fixtures for the service tests: random-weight test bundles, sample images, and real server processes."""
+"""Fixtures for the service tests: test bundles (the shipped ones under test names; no torch), sample
+images, and real server processes."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ import httpx
 import pytest
 from svc_support import BN, BROKEN, MAX_BODY, MAX_FILES, MAX_PIXELS, RBN, SAMPLES, start_server
 
-from tests.bundles import write_test_bundles
+from tests.shipped_bundles import write_test_bundles
 
 
 @pytest.fixture(scope="session")
 def bundle_repo(tmp_path_factory) -> Path:
-    """A clean repository with the two valid test bundles."""
+    """A clean repository with the two valid test bundles (the shipped pair as test-resnet20-{rbn,bn})."""
     repo = tmp_path_factory.mktemp("models")
     write_test_bundles(repo)
     return repo

@@ -29,3 +29,21 @@ def test_service_never_imports_torch(bundle_repo):
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+HELPERS = """
+import importlib, pathlib, sys
+sys.path[:0] = ["tests/service", "tests", "."]
+for path in sorted(pathlib.Path("tests/service").glob("*.py")):  # every test module, fixture and helper
+    importlib.import_module(path.stem)
+# bench.procs is only the old name of tests/procs.py (a re-export), kept while helpers still use it
+print(sorted({m for m in sys.modules if m.split(".")[0] in ("torch", "bench")} - {"bench", "bench.procs"}))
+"""
+
+
+def test_the_service_tests_import_neither_torch_nor_bench():
+    """Every module under tests/service imported in a fresh interpreter: their bundles come from models/
+    (tests/shipped_bundles.py), their server processes from tests/procs.py."""
+    result = subprocess.run([sys.executable, "-c", HELPERS], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -16,7 +16,7 @@ from svc_support import BN, RBN, encode, start_server
 from rbn.bundle import BundleMeta, onnx_path, read_meta, triton_config
 from rbn.data import normalize
 from rbn.ood import rms_score
-from tests.bundles import write_test_bundles
+from tests.shipped_bundles import write_test_bundles
 
 IMAGES = np.random.default_rng(7).integers(0, 110, (3, 28, 28), dtype=np.uint8)  # dark border: no auto-invert
 IMAGES[0] = 0  # a blank image: far from anything the (random) calibration saw
