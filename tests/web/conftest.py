@@ -1,10 +1,10 @@
-"""Fixtures of the page tests: one real server on the shipped bundles for the module that asks for it."""
+"""Fixtures of the page tests: a real server on the shipped bundles and a headless Chromium, per module."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
-from web_support import PageServer
+from web_support import PageServer, start_browser
 
 
 @pytest.fixture(scope="module")
@@ -18,3 +18,10 @@ def page_server(tmp_path_factory):
 def http(page_server):
     with httpx.Client(base_url=page_server.url, timeout=60) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    driver = start_browser(tmp_path_factory.mktemp("chromium"))
+    yield driver
+    driver.quit()

@@ -6,59 +6,15 @@ answer, a sweep draws every corruption, the summary count grows; no request leav
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
-import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support.ui import Select, WebDriverWait
-from web_support import SAMPLES, is_local
+from selenium.webdriver.support.ui import Select
+from web_support import SAMPLES, console_errors, is_local, requested_urls, until
 
-WAIT = 60  # seconds any one step may take on a busy 2-core machine
 SAMPLE = SAMPLES / "fashion-mnist" / "0_ankle-boot.png"
 ANKLE_BOOT = 9
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver_path, "chromium and chromium-driver are Debian packages that ./run.sh test installs"
-    folder = tmp_path_factory.mktemp("chromium")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1366,768",
-                 f"--user-data-dir={folder / 'profile'}", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-default-apps"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(service=Service(driver_path, log_output=str(folder / "chromedriver.log")), options=options)
-    driver.set_page_load_timeout(WAIT)
-    driver.get("about:blank")
-    driver.get_log("performance")  # the browser's own start page (chrome:// URLs) is not the page under test
-    yield driver
-    driver.quit()
-
-
-def until(driver, condition, what: str):
-    return WebDriverWait(driver, WAIT).until(condition, message=f"waited {WAIT} s for {what}")
-
-
-def requested_urls(driver) -> list[str]:
-    """Every URL the page asked for since the last call (DevTools Network.requestWillBeSent events)."""
-    urls = []
-    for entry in driver.get_log("performance"):
-        message = json.loads(entry["message"])["message"]
-        if message["method"] == "Network.requestWillBeSent":
-            urls.append(message["params"]["request"]["url"])
-    return urls
-
-
-def console_errors(driver) -> list[dict]:
-    return [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
 
 def text(driver, css: str) -> str:
