@@ -117,3 +117,29 @@ def test_docs_render_from_local_assets(browser, page_server, tmp_path):
     assert any(u.endswith("/docs-assets/swagger-ui-bundle.js") for u in urls)
     assert all(is_local(u, page_server.url) for u in urls), [u for u in urls if not is_local(u, page_server.url)]
     assert console_errors(d) == []
+
+
+def test_drop_and_paste_add_images(browser, page_server):
+    d = browser
+    d.get(page_server.url + "/")
+    until(d, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true", "the page to start")
+    # What a file dragged from the desktop or pasted from the clipboard delivers: a DataTransfer holding a File.
+    deliver = """
+        const [kind, url, name, done] = arguments;
+        fetch(url).then((r) => r.blob()).then((blob) => {
+          const data = new DataTransfer();
+          data.items.add(new File([blob], name, {type: blob.type}));
+          const event = kind === "drop" ? new DragEvent("drop", {dataTransfer: data, bubbles: true, cancelable: true})
+                                        : new ClipboardEvent("paste", {clipboardData: data, bubbles: true});
+          (kind === "drop" ? document.getElementById("drop") : document).dispatchEvent(event);
+          done();
+        });"""
+    for n, (kind, name) in enumerate((("drop", "18_bag.png"), ("paste", "15_trouser.png")), start=1):
+        d.execute_async_script(deliver, kind, f"/samples/fashion-mnist/{name}", name)
+        until(d, lambda d, n=n: len(d.find_elements(By.CSS_SELECTOR, "#images button")) == n, f"the {kind}ped image")
+        until(d, lambda d, name=name: name in text(d, "#verdict"), f"the {kind}ped image's comparison")
+    buttons = d.find_elements(By.CSS_SELECTOR, "#images button")
+    assert [b.get_attribute("aria-pressed") for b in buttons] == ["false", "true"]
+    buttons[0].send_keys(Keys.ENTER)  # back to the first image, by keyboard
+    until(d, lambda d: "18_bag.png" in text(d, "#verdict"), "the first image again")
+    assert console_errors(d) == []

@@ -76,7 +76,7 @@
   function addImage(blob, name, label = null) {
     const image = { blob, name, label, url: URL.createObjectURL(blob) };
     state.images.push(image);
-    const button = el("button", { type: "button", role: "option", "aria-label": name, title: name },
+    const button = el("button", { type: "button", "aria-label": name, title: name, "aria-pressed": "false" },
       el("img", { src: image.url, alt: "" }));
     button.addEventListener("click", () => select(state.images.indexOf(image)));
     $("images").append(button);
@@ -90,7 +90,7 @@
   }
   function select(index) {
     state.current = index;
-    [...$("images").children].forEach((b, i) => b.setAttribute("aria-selected", String(i === index)));
+    [...$("images").children].forEach((b, i) => b.setAttribute("aria-pressed", String(i === index)));
     const image = state.images[index];
     if (image.label != null) $("label").value = String(image.label);
     $("sweep").disabled = false;
