@@ -15,7 +15,8 @@ from service.config import Settings
 from service.dataplane import DataPlane
 from service.fastpath import RawPredict
 from service.metrics import Metrics
-from service.middleware import UNMATCHED, ObserveRequests
+from service.auth import Access
+from service.middleware import UNMATCHED, RequestGate
 from service.oip import server_metadata
 from service.state import ServiceState
 from service.web import page
@@ -45,7 +46,9 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await state.stop()
 
-    app = FastAPI(title="rbn-serve", version=server_metadata()["version"], description=DESCRIPTION, lifespan=lifespan)
+    docs = {} if settings.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="rbn-serve", version=server_metadata()["version"], description=DESCRIPTION, lifespan=lifespan,
+                  **docs)
     app.state.service = state
     app.state.plane = DataPlane(state)
 
@@ -63,15 +66,21 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app, on_reject)
     # Added first, so innermost: middleware added later (outside) sees the fast path's requests too.
     app.add_middleware(RawPredict, router=app.router, on_reject=on_reject)
-    app.add_middleware(ObserveRequests, state=state)
-    app.openapi = lambda: _openapi(app)
+    # Outermost of ours: the request id, header checks and the API key apply to every route, the fast path too.
+    access = Access.from_settings(settings)
+    app.add_middleware(RequestGate, state=state, access=access, on_reject=on_reject)
+    app.openapi = lambda: _openapi(app, access.required)
     return app
 
 
-def _openapi(app: FastAPI) -> dict:
-    """The generated schema plus the models that routes reading raw bodies refer to."""
+def _openapi(app: FastAPI, key_required: bool = False) -> dict:
+    """The generated schema plus the models that routes reading raw bodies refer to, and the bearer
+    scheme when an API key is required (so /docs' "Authorize" sends it)."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        if key_required:
+            schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            schema["security"] = [{"bearer": []}]
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         for model in (InferRequest,):
             extra = model.model_json_schema(ref_template="#/components/schemas/{model}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rbn.bundle import MAX_QUEUE_DELAY_MS
@@ -79,9 +79,37 @@ class Settings(BaseSettings):
 
     # --- decoding ---------------------------------------------------------------------------
     inline_decode_pixels: int = Field(256 * 256, ge=0)
-    """Images of up to this many pixels are resized on the event loop (cheaper than a thread hop); larger ones in the decode pool."""
+    """Images of up to this many pixels (and inline_body_bytes bytes) are decoded on the event loop (cheaper than a thread hop); others in the decode pool."""
     decode_threads: int = Field(0, ge=0)
     """Threads of the decode pool for large images; 0 picks min(4, CPUs)."""
+    inline_body_bytes: int = Field(16 * 1024, ge=0)
+    """Uploads and uncompressed /v2 bodies of up to this many bytes are opened and parsed on the event loop; larger ones (and every compressed body) in the decode pool."""
+    decode_queue_size: int = Field(64, ge=0)
+    """Decode jobs waiting for a pool thread at most; beyond it 503 decode_busy with Retry-After, at once."""
+    max_request_pixels: int = Field(4096 * 4096, ge=64)
+    """Pixels of all the images of one request together (width x height summed over files), checked before decoding (413 beyond it)."""
+
+    # --- access -----------------------------------------------------------------------------
+    api_key: SecretStr | None = None
+    """API key(s) every data route requires as `Authorization: Bearer <key>`; several keys (rotation) separated by commas or whitespace. Unset (and no api_key_file): no key is required."""
+    api_key_file: Path | None = None
+    """File holding the API key(s), one per line (a mounted secret); read once at start-up, added to api_key."""
+    metrics_require_key: bool = False
+    """/metrics also requires the API key (it is open by default so Prometheus scrapes without one)."""
+    docs: bool = True
+    """Serve /docs and /openapi.json (open: they describe the API and carry no data); --no-docs turns them off."""
+
+    # --- deadlines and connections ----------------------------------------------------------
+    read_timeout_s: float = Field(30.0, gt=0.0)
+    """Longest time to receive a request's headers and body, from its first byte (or the connection opening); beyond it 408 and the connection is closed."""
+    keep_alive_timeout_s: float = Field(5.0, gt=0.0)
+    """An idle keep-alive connection is closed after this many seconds without a new request."""
+    max_connections: int = Field(1000, ge=1)
+    """Open HTTP connections at most; a request on a connection beyond it gets 503 (with Retry-After) and the connection is closed."""
+    max_queue_wait_s: float = Field(10.0, gt=0.0)
+    """Longest time a request's images wait in the batch queue; beyond it 503 queue_timeout with Retry-After."""
+    unready_after_failures: int = Field(5, ge=1)
+    """Consecutive failed inference batches after which readiness turns false (the next success turns it back)."""
 
     # --- shadow traffic and shutdown --------------------------------------------------------
     shadow_fraction: float = Field(0.0, ge=0.0, le=1.0)
@@ -98,6 +126,13 @@ class Settings(BaseSettings):
     def _repository_exists(cls, value: Path) -> Path:
         if not value.is_dir():
             raise ValueError(f"model repository {str(value)!r} is not a directory")
+        return value
+
+    @field_validator("api_key_file")
+    @classmethod
+    def _key_file_readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"API key file {str(value)!r} is not a readable file")
         return value
 
     @field_validator("primary_model")

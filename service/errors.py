@@ -15,6 +15,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
+from service import requestid
+
 
 class ServiceError(Exception):
     """Base of every error the service answers deliberately. ``code`` is also the metric reason."""
@@ -92,7 +94,33 @@ class NotReady(ServiceError):
     status, code = 503, "not_ready"
 
 
+class ClientGone(ServiceError):
+    """The client disconnected while its images waited: nothing is sent (counted as 499)."""
+
+    status, code = 499, "client_disconnected"
+
+
+class QueueTimeout(ServiceError):
+    """A request waited longer than ``max_queue_wait_s`` in the batch queue."""
+
+    status, code = 503, "queue_timeout"
+
+
+class DecodeBusy(ServiceError):
+    """Every decode thread is busy and the decode queue is full."""
+
+    status, code = 503, "decode_busy"
+
+
+class Unavailable(ServiceError):
+    """The model cannot run requests now (its dispatcher stopped, or inference keeps failing)."""
+
+    status, code = 503, "unavailable"
+
+
 class InferenceFailed(ServiceError):
+    """Inference failed for this request; the message is generic, the details are in the log."""
+
     status, code = 500, "inference_failed"
 
 
@@ -108,8 +136,15 @@ def is_v2(path: str) -> bool:
 
 
 def error_response(path: str, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    """An error answer on ``path``: the Open Inference Protocol's form under /v2, ours elsewhere."""
-    body = {"error": message} if is_v2(path) else {"error": {"code": code, "message": message}}
+    """An error answer on ``path``: the Open Inference Protocol's form under /v2, ours elsewhere; ours
+    carries the request id (``service.requestid``), and so does a /v2 server error's message."""
+    request_id = requestid.current.get()
+    if is_v2(path):
+        body: dict = {"error": f"{message} (request id {request_id})" if status >= 500 and request_id else message}
+    else:
+        body = {"error": {"code": code, "message": message}}
+        if request_id is not None:
+            body["error"]["request_id"] = request_id
     return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
 
 

@@ -1,4 +1,5 @@
-"""Logging set-up: plain text or one JSON object per line, for our loggers and uvicorn's."""
+"""Logging set-up: plain text or one JSON object per line, for our loggers and uvicorn's; a line logged
+while a request is handled carries its request id."""
 
 from __future__ import annotations
 
@@ -6,6 +7,19 @@ import logging
 import time
 
 import orjson
+
+from service import requestid
+
+
+class RequestIdFilter(logging.Filter):
+    """Puts the current request's id on each record (``request_id``; ``rid`` is " [id]" or "" for text)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        rid = requestid.current.get()
+        if not hasattr(record, "request_id"):
+            record.request_id = rid
+        record.rid = f" [{record.request_id}]" if record.request_id else ""
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -16,6 +30,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if getattr(record, "request_id", None):
+            entry["request_id"] = record.request_id
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()
@@ -23,10 +39,11 @@ class JsonFormatter(logging.Formatter):
 
 def configure(fmt: str = "text", level: str = "info") -> None:
     handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s%(rid)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -1,33 +1,98 @@
-"""One pure-ASGI middleware: request metrics (route template, model, status, latency), in-flight
-count, and the body-size limit (declared Content-Length or streamed bytes -> 413). It only measures
-and limits; the fast path (``service.fastpath``) is a middleware of its own, inside this one."""
+"""``RequestGate``: the one pure-ASGI middleware every request passes, the fast path included.
+
+In order: a request id (``X-Request-ID`` accepted or made; returned, logged, in error bodies); headers
+that could be read two ways (a repeated Content-Length, Content-Type, ... or a Content-Length that is
+not plain ASCII digits) answered 400 before any route sees them; the API key (``service.auth``); the
+body-size limit (declared or streamed bytes -> 413); request metrics (route template, model, status,
+latency) and the in-flight count; ``X-Content-Type-Options: nosniff`` on every answer and
+``Cache-Control: no-store`` on those that set no caching of their own. An exception no route
+handled becomes the generic 500 here, its details in the log under the request id.
+
+One layer rather than several: each ASGI layer costs event-loop time on every request.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
 
-from service.errors import BodyTooLarge
+from starlette.requests import Request
+
+from service import requestid
+from service.auth import CHALLENGE, Access
+from service.errors import BodyTooLarge, Rejected, answer, error_response
 
 if TYPE_CHECKING:
     from service.state import ServiceState
 
+log = logging.getLogger(__name__)
+
 MODEL_KEY = "rbn.model"  # scope key a route sets to the (known) model name it served
+REQUEST_ID_KEY = "rbn.request_id"  # scope key holding the request's id
 UNMATCHED = "unmatched"
 
+# Headers whose second copy would let two readers (a proxy, the server, a route) disagree.
+_SINGLE = frozenset({b"content-length", b"content-type", b"content-encoding", b"transfer-encoding",
+                     b"inference-header-content-length", b"authorization", b"host"})
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
+_NO_STORE = (b"cache-control", b"no-store")
 
-class ObserveRequests:
-    def __init__(self, app, state: ServiceState) -> None:
+
+class RequestGate:
+    def __init__(self, app, state: ServiceState, access: Access, on_reject: Rejected) -> None:
         self.app = app
         self.state = state
+        self.access = access
+        self.on_reject = on_reject
+        self._routes_read = False
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if not self._routes_read:  # every route exists by the first request: a page's static mounts stay open
+            self.access.open_static_mounts(scope["app"].routes)
+            self._routes_read = True
         state = self.state
-        limit = state.settings.max_body_bytes
+        given_id = authorization = declared = None
+        problem = None
+        seen: set[bytes] = set()
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                given_id = given_id or value  # the first one (a proxy may have appended its own)
+            elif key in _SINGLE:
+                if key in seen:
+                    problem = f"header {key.decode('latin-1')} is repeated; send it once"
+                seen.add(key)
+                if key == b"authorization":
+                    authorization = value
+                elif key == b"content-length":
+                    declared = value
+        request_id = requestid.accept(given_id)
+        scope[REQUEST_ID_KEY] = request_id
+        token = requestid.current.set(request_id)
+        gone_token = requestid.client_gone.set(requestid.gone_check(receive))
+        extra = [(b"x-request-id", request_id.encode("ascii")), _NOSNIFF]
         status = 500
+        started = False
+
+        async def gated_send(message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+                headers = list(message.get("headers", ()))
+                if not any(k == b"cache-control" for k, _ in headers):
+                    headers.append(_NO_STORE)
+                message["headers"] = headers + extra
+            await send(message)
+
+        if problem is None and declared is not None and not (declared.isdigit() and declared.isascii()):
+            problem = "Content-Length must be ASCII digits"
+        if problem is None and declared is not None and b"transfer-encoding" in seen:
+            problem = "Content-Length and Transfer-Encoding together are ambiguous; send one"
+
+        limit = state.settings.max_body_bytes
         received = 0
         checked = False
 
@@ -35,9 +100,8 @@ class ObserveRequests:
             nonlocal received, checked
             if not checked:
                 checked = True
-                for key, value in scope["headers"]:
-                    if key == b"content-length" and value.isdigit() and int(value) > limit:
-                        raise BodyTooLarge(f"request body of {int(value)} bytes exceeds the limit of {limit}")
+                if declared is not None and int(declared) > limit:
+                    raise BodyTooLarge(f"request body of {int(declared)} bytes exceeds the limit of {limit}")
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
@@ -45,19 +109,33 @@ class ObserveRequests:
                     raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
             return message
 
-        async def observed_send(message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
         start = time.perf_counter()
         state.in_flight += 1
         try:
-            await self.app(scope, limited_receive, observed_send)
+            if problem is not None:
+                await self._refuse(scope, gated_send, 400, "bad_header", problem)
+            elif self.access.required and not self.access.is_open(scope["path"]) and not self.access.allows(authorization):
+                message = "this route needs an API key: send Authorization: Bearer <key>"
+                if authorization is not None:
+                    message = "the API key is not accepted: send Authorization: Bearer <key> with a current key"
+                await self._refuse(scope, gated_send, 401, "unauthorized", message, {"WWW-Authenticate": CHALLENGE})
+            else:
+                await self.app(scope, limited_receive, gated_send)
+        except Exception as exc:
+            if started:
+                raise
+            log.exception("%s %s failed", scope["method"], scope["path"])
+            request = Request(scope, receive)
+            await answer(request, exc, self.on_reject)(scope, receive, gated_send)
         finally:
             state.in_flight -= 1
+            requestid.current.reset(token)
+            requestid.client_gone.reset(gone_token)
             route = scope.get("route")
             state.metrics.observe_request(
                 route.path if route is not None else UNMATCHED, scope.get(MODEL_KEY, ""), status, time.perf_counter() - start
             )
+
+    async def _refuse(self, scope, send, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        self.on_reject(Request(scope), status, code)
+        await error_response(scope["path"], status, code, message, headers)(scope, None, send)

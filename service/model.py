@@ -164,6 +164,7 @@ def load_model(bundle: Bundle, settings: Settings, metrics: Metrics, decoder: De
     batcher = Batcher(
         meta.name, runtime.run, max_batch, settings.max_queue_delay_ms / 1000.0, settings.max_queue_size,
         settings.instances, settings.retry_after_s, metrics.batch_observer(meta.name),
+        max_queue_wait_s=settings.max_queue_wait_s, unready_after_failures=settings.unready_after_failures,
     )
     log.info("model %s v%d (%s) on %s: warmed up batch sizes 1..%d in %.2f s",
              meta.name, meta.version, meta.norm, runtime.provider, max_batch, warm)

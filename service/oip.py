@@ -50,30 +50,86 @@ class ParsedInfer:
     id: str | None = None
 
 
-def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """Undo Content-Encoding gzip/deflate (tritonclient's request compression), never beyond ``limit`` bytes."""
+STEP = 1024 * 1024  # inflate and scan in steps this size: no step holds the GIL for long
+
+
+def decompress(body: bytes, encoding: str | None, limit: int, max_commas: int | None = None) -> bytes:
+    """Undo Content-Encoding gzip/deflate (tritonclient's request compression), never beyond ``limit``
+    bytes, in 1 MiB steps; with ``max_commas``, stop as soon as the output holds more commas (a JSON
+    body inflating to more values than any request may hold)."""
     if not encoding or encoding == "identity":
         return body
     wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding.strip().lower())
     if wbits is None:
         raise InvalidTensor(f"unsupported Content-Encoding {encoding!r}; use gzip or deflate")
     inflater = zlib.decompressobj(wbits)
+    pieces, size, commas, pending = [], 0, 0, body
     try:
-        data = inflater.decompress(body, limit + 1)
+        while True:
+            piece = inflater.decompress(pending, STEP)
+            pending = inflater.unconsumed_tail
+            size += len(piece)
+            if size > limit:
+                raise BodyTooLarge(f"decompressed request body exceeds the limit of {limit} bytes")
+            if max_commas is not None:
+                commas += piece.count(b",")
+                if commas > max_commas:
+                    raise TooManyValues()
+            pieces.append(piece)
+            if not pending and (inflater.eof or not piece):
+                break
     except zlib.error as exc:
         raise InvalidTensor(f"cannot decompress the {encoding} body: {exc}") from None
-    if len(data) > limit or inflater.unconsumed_tail:
-        raise BodyTooLarge(f"decompressed request body exceeds the limit of {limit} bytes")
     if not inflater.eof:
         raise InvalidTensor(f"truncated compressed body: the {encoding} stream ends before its end marker")
-    return data
+    return b"".join(pieces)
+
+
+class TooManyValues(InvalidTensor):
+    def __init__(self) -> None:
+        super().__init__("the JSON request holds more values than max_queue_size images; split the request")
+
+
+def count_capped(data: bytes, sub: bytes, cap: int, start: int = 0, end: int | None = None) -> int:
+    """``data.count(sub)`` in 1 MiB windows, raising TooManyValues as soon as it exceeds ``cap``
+    (one count over 16 MB would hold the GIL for about 20 ms). ``sub`` is one byte."""
+    end = len(data) if end is None else end
+    total = 0
+    for at in range(start, end, STEP):
+        total += data.count(sub, at, min(at + STEP, end))
+        if total > cap:
+            raise TooManyValues()
+    return total
+
+
+def read_infer(body: bytes, encoding: str | None, header_length: str | None, meta: BundleMeta, limit: int,
+               max_images: int | None = None) -> ParsedInfer:
+    """``decompress`` then ``parse_infer``: a request body as received -> the parsed request.
+
+    With ``max_images``, a JSON part holding more commas than that many images' values (plus slack for
+    the other fields) is refused before parsing: orjson and numpy hold the GIL while they parse, so
+    parsing an oversized list would stall the event loop from any thread."""
+    cap = None
+    if max_images is not None:
+        spec = meta.input
+        cap = max_images * spec.channels * spec.height * spec.width + 1024
+    body = decompress(body, encoding, limit, cap if header_length is None else None)
+    if cap is not None:
+        head_end = int(header_length) if header_length is not None and _digits(header_length) else len(body)
+        count_capped(body, b",", cap, 0, min(head_end, len(body)))
+    return parse_infer(body, header_length, meta)
+
+
+def _digits(value: str) -> bool:
+    return value.isascii() and value.isdigit()
 
 
 def parse_infer(body: bytes, header_length: str | None, meta: BundleMeta) -> ParsedInfer:
     """Decode an infer request (JSON, or JSON header + binary tensors) for ``meta``'s input."""
     head, tail = body, b""
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        # ASCII digits only: str.isdigit() also accepts '²' and '٣', which int() refuses or misreads
+        if not _digits(header_length) or int(header_length) > len(body):
             raise InvalidTensor(f"{HEADER_LENGTH} {header_length!r} does not fit a body of {len(body)} bytes")
         head, tail = body[: int(header_length)], body[int(header_length) :]
     try:

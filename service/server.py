@@ -14,7 +14,10 @@ from types import FrameType
 import uvicorn
 
 from service.app import create_app
+from service.auth import KeyConfigError
 from service.config import Settings
+from service.connections import guarded_protocol
+from service.middleware import UNMATCHED
 from service.state import ServiceState, StartupError
 
 log = logging.getLogger(__name__)
@@ -57,7 +60,12 @@ class DrainingServer(uvicorn.Server):
 
 def serve(settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT; returns the process exit code."""
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except KeyConfigError as exc:
+        log.critical("cannot start: %s", exc)
+        return 1
+    metrics = app.state.service.metrics
     try:
         app.state.service.prepare()
     except StartupError as exc:
@@ -73,6 +81,9 @@ def serve(settings: Settings) -> int:
         lifespan="on",
         backlog=settings.listen_backlog,
         server_header=False,
+        timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type] # call_later takes a float
+        http=guarded_protocol(settings.read_timeout_s, settings.max_connections, settings.retry_after_s,
+                              lambda reason: metrics.rejected.labels(UNMATCHED, reason).inc()),
     )
     app.state.service.on_ready = settle_heap
     server = DrainingServer(config, app.state.service, settings.drain_delay_s)

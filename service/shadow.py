@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 
 import numpy as np
 
+from service import requestid
 from service.errors import QueueFull, ServiceError
 from service.metrics import Metrics
 from service.model import Model
@@ -30,7 +32,10 @@ class Shadow:
         if len(self._tasks) >= self.max_pending:
             self.metrics.shadow_dropped.labels(model.name, "backlog").inc(len(x))
             return
-        task = asyncio.get_running_loop().create_task(self._run(model, x, predicted))
+        # Its own context: the batcher must not drop shadow work when the request's client disconnects.
+        context = contextvars.copy_context()
+        context.run(requestid.client_gone.set, None)
+        task = asyncio.get_running_loop().create_task(self._run(model, x, predicted), context=context)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

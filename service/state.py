@@ -50,7 +50,13 @@ class ServiceState:
 
     @property
     def ready(self) -> bool:
-        return self.phase == "ready"
+        return self.phase == "ready" and self.unhealthy is None
+
+    @property
+    def unhealthy(self) -> str | None:
+        """Why a loaded service should get no traffic (a model's batcher died or keeps failing), else None."""
+        reasons = [m.batcher.unhealthy for m in self.models.values() if m.batcher.unhealthy]
+        return "; ".join(reasons) if reasons else None
 
     def live(self) -> LiveState:
         queues = {name: (m.batcher.queued_images, m.batcher.running) for name, m in self.models.items()}

@@ -20,9 +20,10 @@ async def healthz() -> Response:
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}},
             summary="Readiness: models loaded and warmed up, not draining")
 async def readyz(state: State) -> Response:
-    body = {"status": state.phase, "models": sorted(state.models)}
-    if state.fatal:
-        body["reason"] = state.fatal
+    unhealthy = state.unhealthy if state.phase == "ready" else None
+    body = {"status": "unhealthy" if unhealthy else state.phase, "models": sorted(state.models)}
+    if state.fatal or unhealthy:
+        body["reason"] = state.fatal or unhealthy
     return json_response(body, 200 if state.ready else 503)
 
 

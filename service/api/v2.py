@@ -88,9 +88,14 @@ _INFER_BODY = {
 async def infer(request: Request) -> Response:
     state, plane = request.app.state.service, request.app.state.plane
     model = _model(request)
-    limit = state.settings.max_body_bytes
-    body = oip.decompress(await request.body(), request.headers.get("content-encoding"), limit)
-    parsed = oip.parse_infer(body, request.headers.get(oip.HEADER_LENGTH), model.meta)
+    settings = state.settings
+    body, headers = await request.body(), request.headers
+    encoding, header_length = headers.get("content-encoding"), headers.get(oip.HEADER_LENGTH)
+    args = (body, encoding, header_length, model.meta, settings.max_body_bytes, settings.max_queue_size)
+    if len(body) <= settings.inline_body_bytes and encoding in (None, "identity"):
+        parsed = oip.read_infer(*args)  # small and plain: cheaper than a thread hop
+    else:  # parsing and inflating grow with the body: never on the event loop
+        parsed = await state.decoder.pool.run(oip.read_infer, *args)
     queue = state.settings.max_queue_size  # all of a request's batches wait in the queue at once
     if len(parsed.x) > queue:  # could never be queued: 503 + Retry-After would be retried forever
         raise InvalidTensor(f"input {model.meta.input.name!r} has a batch of {len(parsed.x)}; model {model.name} takes "

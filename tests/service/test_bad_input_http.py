@@ -23,7 +23,8 @@ def png_header_only(width: int, height: int) -> bytes:
 
 def error_of(r) -> dict:
     body = r.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "request_id"}, body
+    assert body["error"]["request_id"] == r.headers["x-request-id"]
     return body["error"]
 
 

@@ -77,16 +77,16 @@ def test_the_fast_path_is_the_innermost_middleware_and_refuses_dependencies(tmp_
     from starlette.middleware.exceptions import ExceptionMiddleware
 
     from service.app import create_app
-    from service.middleware import ObserveRequests
+    from service.middleware import RequestGate
 
     app = create_app(Settings())
-    assert [m.cls for m in app.user_middleware] == [ObserveRequests, RawPredict]  # outermost first
+    assert [m.cls for m in app.user_middleware] == [RequestGate, RawPredict]  # outermost first
     stack = app.build_middleware_stack()
     layers = []
     while hasattr(stack, "app"):
         layers.append(type(stack))
         stack = stack.app
-    assert layers.index(ObserveRequests) < layers.index(RawPredict) < layers.index(ExceptionMiddleware)
+    assert layers.index(RequestGate) < layers.index(RawPredict) < layers.index(ExceptionMiddleware)
 
     async def audit() -> None:
         pass

@@ -19,6 +19,7 @@ def examples(*items: dict) -> ConfigDict:
 class ErrorDetail(Closed):
     code: str = Field(description="stable machine-readable reason, e.g. too_many_pixels, queue_full")
     message: str
+    request_id: str | None = Field(None, description="the answer's X-Request-ID: quote it when asking about an error")
 
 
 class ErrorResponse(Closed):

@@ -49,6 +49,6 @@ class Health(Closed):
 
 class Readiness(Closed):
     model_config = examples({"status": "ready", "models": ["fmnist-resnet20-bn", "fmnist-resnet20-rbn"]})
-    status: str = Field(description="ready | loading | draining | failed")
+    status: str = Field(description="ready | loading | draining | failed | unhealthy (inference keeps failing, or a batcher stopped)")
     models: list[str]
     reason: str | None = None
