@@ -12,8 +12,10 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from starlette.responses import FileResponse, HTMLResponse
+from starlette.responses import HTMLResponse
 from starlette.staticfiles import StaticFiles
+
+from rbn.corruptions import CORRUPTION_NAMES
 
 STATIC = Path(__file__).with_name("static")
 SAMPLES_PACKAGE = "rbn_serve_samples"  # pyproject maps the repository's samples/ to it, as models/ to rbn_serve_models
@@ -54,10 +56,14 @@ def install(app: FastAPI) -> None:
     """Add the page, its assets and the samples, and serve the app's /docs and /redoc (where it has them:
     ``FastAPI(docs_url=None)`` turns them off) from local assets instead of FastAPI's CDN pages."""
 
+    # The corruption names the server knows, written into the page once (they hold no data, and the
+    # page must not depend on /openapi.json, which --no-docs turns off).
+    shell = (STATIC / "index.html").read_text().replace("__CORRUPTIONS__", ",".join(CORRUPTION_NAMES))
+    headers = {"Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-cache"}
+
     @app.get("/", include_in_schema=False)
-    async def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_POLICY,
-                                                            "Cache-Control": "no-cache"})
+    async def page() -> HTMLResponse:
+        return HTMLResponse(shell, headers=headers)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     samples = samples_folder()

@@ -7,6 +7,8 @@ import json
 import pytest
 from web_support import SAMPLES, STATIC, is_local, references
 
+from rbn.corruptions import CORRUPTION_NAMES
+
 PAGE_BUDGET = 250_000  # bytes: the page and every asset it loads
 
 
@@ -18,6 +20,8 @@ def test_page_and_its_assets_are_served_within_budget_from_this_origin(http, pag
     assert "default-src 'self'" in policy and "connect-src 'self'" in policy and "script-src 'self'" in policy
     urls = references(page.text)
     assert urls and all(is_local(u, page_server.url) for u in urls), urls
+    # the corruption menu comes with the page (it must work with --no-docs, without /openapi.json)
+    assert f'<body data-corruptions="{",".join(CORRUPTION_NAMES)}">' in page.text and len(CORRUPTION_NAMES) == 14
     assets = [u for u in urls if u.startswith("/static/")]
     assert sorted(assets) == ["/static/app.css", "/static/app.js"]
     total = len(page.content)

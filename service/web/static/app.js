@@ -328,12 +328,8 @@
     if (!pairs.length) setStatus("No model here has a loaded baseline: /ab is unavailable.", true);
     fillLabels();
   }
-  async function loadCorruptions() {
-    // The corruption names are declared once, in /ab's OpenAPI parameter.
-    const res = await api("/openapi.json");
-    if (!res.ok) return setStatus("Corruptions unavailable: this server does not publish /openapi.json.", true);
-    const param = (await res.json()).paths["/ab"].post.parameters.find((p) => p.name === "corruption");
-    state.corruptions = param.schema.enum;
+  function loadCorruptions() {
+    state.corruptions = document.body.dataset.corruptions.split(",").filter(Boolean); // written in by the server
     $("corruption").append(...state.corruptions.map((c) => el("option", { value: c, text: c.replaceAll("_", " ") })));
   }
 
@@ -359,7 +355,8 @@
     bind();
     try {
       await loadModels();
-      await Promise.all([loadCorruptions(), loadSamples(), refreshSummary()]);
+      loadCorruptions();
+      await Promise.all([loadSamples(), refreshSummary()]);
       document.body.dataset.ready = "true";
     } catch (err) {
       setStatus(`Cannot start: ${err.message}`, true);
