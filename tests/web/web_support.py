@@ -30,10 +30,10 @@ class PageServer(ServerProcess):
     poll_interval = 0.1
     quote_lines = None
 
-    def __init__(self, log_path: Path, **settings: object) -> None:
+    def __init__(self, log_path: Path, *flags: str, **settings: object) -> None:
         port = free_port()
         args = [sys.executable, "-m", "service", "serve", "--model-repository", str(MODELS),
-                "--host", "127.0.0.1", "--port", str(port), "--providers", "cpu"]
+                "--host", "127.0.0.1", "--port", str(port), "--providers", "cpu", *flags]
         for key, value in settings.items():
             args += [f"--{key.replace('_', '-')}", str(value)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("RBN_SERVE_")}
