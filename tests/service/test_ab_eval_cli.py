@@ -108,3 +108,24 @@ def test_server_errors_exit_non_zero(shipped_server, image_folder, tmp_path):
     assert done.returncode == 1 and "answered 413" in done.stderr and not (tmp_path / "y").exists()
     done = ab_eval(str(folder), "--server", "http://127.0.0.1:9", "--out", str(tmp_path / "y"))
     assert done.returncode == 1 and "cannot reach http://127.0.0.1:9" in done.stderr
+
+
+def test_api_key_from_the_flag_or_the_environment(image_folder, tmp_path):
+    key = "ab-eval-key-0123456789"
+    server = start_server(ROOT / "models", tmp_path, api_key=key)
+    try:
+        folder, entries = image_folder
+        done = ab_eval(str(folder), "--server", server.url, "--corruptions", "none", "--out", str(tmp_path / "a"))
+        assert done.returncode == 1 and "needs an API key" in done.stderr and key not in done.stderr
+        done = ab_eval(str(folder), "--server", server.url, "--corruptions", "none", "--api-key", key,
+                       "--out", str(tmp_path / "b"))
+        assert done.returncode == 0, done.stderr
+        assert json.loads((tmp_path / "b" / "ab-eval.json").read_text())["rows"][0]["images"] == len(entries)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RBN_SERVE_")}
+        done = subprocess.run([sys.executable, "-m", "service", "ab-eval", str(folder), "--server", server.url,
+                               "--corruptions", "none", "--out", str(tmp_path / "c")], capture_output=True, text=True,
+                              timeout=300, cwd=ROOT, check=False,
+                              env={**env, "PYTHONPATH": str(ROOT), "RBN_SERVE_API_KEY": key})
+        assert done.returncode == 0, done.stderr
+    finally:
+        server.stop()
