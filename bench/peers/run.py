@@ -102,11 +102,17 @@ def wrk_version(executable: str) -> str:
 
 @dataclass(frozen=True)
 class Sample:
-    """One measured level of one server: what wrk saw, and its memory right after."""
+    """One measured level of one server: what wrk saw, its memory right after, and the CPU time its
+    processes used per request during the run (ms, by process name: where the work goes)."""
 
     load: Load
     rss_mb: float
     pss_mb: float
+    cpu_ms: dict[str, float]
+
+    @property
+    def cpu_ms_total(self) -> float:
+        return sum(self.cpu_ms.values())
 
 
 # --- processes ---------------------------------------------------------------------------------------
@@ -140,6 +146,33 @@ def memory_mb(pid: int) -> tuple[float, float]:
         except OSError:
             continue  # gone, or a kernel thread
     return rss * 1024 / 1e6, pss * 1024 / 1e6
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> dict[int, tuple[str, float]]:
+    """{pid: (process name, user + system CPU seconds)} over ``pid``'s process tree."""
+    out = {}
+    for p in process_tree(pid):
+        try:
+            text = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        out[p] = (name, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+    return out
+
+
+def cpu_per_request(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                    requests: int) -> dict[str, float]:
+    """CPU ms per request by process name, from two ``cpu_seconds`` readings."""
+    used: dict[str, float] = {}
+    for pid, (name, seconds) in after.items():
+        delta = seconds - before.get(pid, (name, 0.0))[1]
+        used[name] = used.get(name, 0.0) + delta
+    return {name: 1000 * s / max(1, requests) for name, s in used.items() if s > 0}
 
 
 def stop_tree(server: ServerProcess) -> None:
@@ -212,11 +245,14 @@ class Runner:
         url = server.url + peer.path
         if warmup > 0:
             wrk(self.args.wrk, self.args.wrk_threads, url, concurrency, warmup, body_file, request.headers)
+        before = cpu_seconds(server.pid)
         load = wrk(self.args.wrk, self.args.wrk_threads, url, concurrency, duration, body_file, request.headers)
+        cpu = cpu_per_request(before, cpu_seconds(server.pid), load.requests)
         rss, pss = memory_mb(server.pid)
         progress(f"{peer.name} c={concurrency}: {load.per_s:.0f} req/s, p50 {load.p50_ms:.2f} ms, p99 "
-                 f"{load.p99_ms:.2f} ms, errors {load.errors}, RSS {rss:.0f} MB, PSS {pss:.0f} MB")
-        return Sample(load, rss, pss)
+                 f"{load.p99_ms:.2f} ms, errors {load.errors}, RSS {rss:.0f} MB, PSS {pss:.0f} MB, "
+                 f"CPU {sum(cpu.values()):.2f} ms/request")
+        return Sample(load, rss, pss, cpu)
 
 
 def _quiet(check) -> bool:
@@ -263,6 +299,19 @@ def best_setting(peer: Peer, tuned: dict[str, list[tuple[Setting, dict[int, Samp
     return max(tuned[peer.name], key=score)[0]
 
 
+def chosen_setting(peer: Peer, tuned: dict[str, list[tuple[Setting, dict[int, Sample]]]],
+                   use: list[str]) -> Setting:
+    """The setting named by ``--use PEER=SETTING`` for this peer, else the tuning's best."""
+    for item in use:
+        name, _, setting = item.partition("=")
+        if name == peer.name:
+            found = [s for s in peer.settings if s.name == setting]
+            if not found:
+                raise SystemExit(f"--use {item}: {peer.name}'s settings are {[s.name for s in peer.settings]}")
+            return found[0]
+    return best_setting(peer, tuned)
+
+
 def rounds(runner: Runner, chosen: list[tuple[Peer, Setting]], levels: list[int], count: int, warmup: int,
            duration: int) -> dict[tuple[str, int], list[Sample]]:
     """``count`` rounds; in each, every peer in turn (order rotating by one per round) at every level."""
@@ -289,7 +338,8 @@ def results_table(chosen: list[tuple[Peer, Setting]], levels: list[int],
                   results: dict[tuple[str, int], list[Sample]]) -> list[str]:
     ours = "rbn-serve"
     lines = ["| server (best setting) | concurrency | req/s | p50 ms | p99 ms | errors | RSS MB (tree) | PSS MB | "
-             "rbn-serve / peer: req/s | rbn-serve / peer: p50 |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "CPU ms / request | rbn-serve / peer: req/s | rbn-serve / peer: p50 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for peer, setting in chosen:
         for c in levels:
             samples = results[(peer.name, c)]
@@ -301,7 +351,7 @@ def results_table(chosen: list[tuple[Peer, Setting]], levels: list[int],
             errors = sum(s.load.errors for s in samples)  # wrk_post.lua: errors include non-2xx
             lines.append(f"| {peer.name} ({setting.name}) | {c} | {rps:.0f} | {p50:.2f} | {median(samples, 'p99_ms'):.2f} "
                          f"| {errors} | {max(s.rss_mb for s in samples):.0f} | {max(s.pss_mb for s in samples):.0f} "
-                         f"| {ratio_rps} | {ratio_p50} |")
+                         f"| {statistics.median(s.cpu_ms_total for s in samples):.2f} | {ratio_rps} | {ratio_p50} |")
     return lines
 
 
@@ -330,9 +380,23 @@ def target_lines(chosen: list[tuple[Peer, Setting]], levels: list[int],
     return out
 
 
+def cpu_table(chosen: list[tuple[Peer, Setting]], level: int, results: dict[tuple[str, int], list[Sample]]) -> list[str]:
+    """Where each server's CPU goes at ``level``: ms per request by process name (median over rounds)."""
+    lines = ["| server | process (name in /proc) | CPU ms / request |", "|---|---|---|"]
+    for peer, _ in chosen:
+        samples = results[(peer.name, level)]
+        names = sorted({n for s in samples for n in s.cpu_ms}, key=lambda n: -statistics.median(
+            s.cpu_ms.get(n, 0.0) for s in samples))
+        for name in names:
+            value = statistics.median(s.cpu_ms.get(name, 0.0) for s in samples)
+            if value >= 0.01:
+                lines.append(f"| {peer.name} | `{name}` | {value:.2f} |")
+    return lines
+
+
 def tuning_table(tuned: dict[str, list[tuple[Setting, dict[int, Sample]]]], levels: list[int]) -> list[str]:
     cols = " | ".join(f"req/s at {c} | p99 ms at {c}" for c in levels)
-    lines = [f"| server | setting | {cols} | errors | why this setting |",
+    lines = [f"| peer | setting | {cols} | errors | why this setting |",
              "|---|---|" + "---|---|" * len(levels) + "---|---|"]
     for name, items in tuned.items():
         for setting, samples in items:
@@ -377,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune-concurrency", type=parse_ints, default=[16, 64])
     p.add_argument("--tune-warmup", type=int, default=2)
     p.add_argument("--tune-duration", type=int, default=5, help="seconds per tuning level (0: no tuning, first setting)")
+    p.add_argument("--use", action="append", default=[], metavar="PEER=SETTING",
+                   help="measure PEER with this setting (by name) instead of the tuning's best (repeatable)")
     p.add_argument("--max-settings", type=int, default=0, help="try only each peer's first N settings (0: all)")
     p.add_argument("--bundle", type=Path, default=ROOT / "models" / "fmnist-resnet20-rbn")
     p.add_argument("--body", type=Path, default=SAMPLE_PNG)
@@ -387,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wrk-threads", type=int, default=1)
     p.add_argument("--ready-timeout", type=float, default=180.0)
     p.add_argument("--pause-training", action="store_true", help="SIGSTOP `rbn train`/`rbn finetune` during each stage")
+    p.add_argument("--resume-gap", type=float, default=120.0,
+                   help="with --pause-training: seconds the jobs run between the tuning and the rounds")
     p.add_argument("--benchmarks", type=Path, help="write the section into this Markdown file (between the markers)")
     p.add_argument("--out", type=Path, help="also write the section to this file")
     return p
@@ -415,7 +483,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.tune_duration > 0:
             with Paused(pause):
                 tuned = tune(runner, peers, args.tune_concurrency, args.tune_warmup, args.tune_duration)
-        chosen = [(p, best_setting(p, tuned)) for p in peers]
+        chosen = [(p, chosen_setting(p, tuned, args.use)) for p in peers]
+        if pause and tuned:
+            progress(f"training runs for {args.resume_gap:.0f} s between the stages")
+            time.sleep(args.resume_gap)  # two pauses, not one long one
         with Paused(pause):
             results = rounds(runner, chosen, args.concurrency, args.rounds, args.warmup, args.duration)
     lines = header("Peers: rbn-serve vs BentoML, Ray Serve, KServe and Triton (PyTriton), same bundle, same client",
@@ -427,12 +498,17 @@ def main(argv: list[str] | None = None) -> int:
         (f"Model: `{args.bundle.name}` (the only bundle each server loads), ONNX Runtime "
          f"{'CUDA' if args.gpu else 'CPU'}, the service's session options; every server's answer to the sample "
          "was checked against the service's own pipeline (label, top-k, probabilities and OOD score within 1e-5)"),
-        "Peer versions (their venvs): " + "; ".join(f"{n}: {pinned(n)}" for n in pythons),
+        "Peer versions (their venvs, bench/peers/requirements-*.txt): " + "; ".join(
+            f"{n}: {installed(n, py)}" for n, py in pythons.items()),
     ] + ([f"Training jobs {pause} paused (SIGSTOP) during tuning and during the rounds, resumed in between"]
          if pause else []))
     lines += ["### Best setting of each server, medians over the rounds", ""]
     lines += results_table(chosen, args.concurrency, results)
     lines += [""] + target_lines(chosen, args.concurrency, results)
+    top = max(args.concurrency)
+    lines += ["", f"### Where the CPU goes at concurrency {top} (user + system time of each server's processes "
+              "during the measured run, per request)", ""]
+    lines += cpu_table(chosen, top, results)
     lines += ["", "### Settings", ""] + settings_lines(chosen, pythons)
     if tuned:
         lines += ["", f"### Tuning: every setting tried ({args.tune_warmup} s warm-up, {args.tune_duration} s per level, "
@@ -445,9 +521,18 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def pinned(peer: str) -> str:
-    return ", ".join(line.split("#")[0].strip() for line in (venvs.HERE / f"requirements-{peer}.txt").read_text().splitlines()
-                     if line.split("#")[0].strip())
+SHOWN_PACKAGES = {"bentoml": "bentoml", "ray": "ray", "kserve": "kserve", "pytriton": "nvidia-pytriton"}
+
+
+def installed(peer: str, python: Path) -> str:
+    """The peer's package and what it serves with, as installed in its venv (``pip``'s metadata)."""
+    packages = [SHOWN_PACKAGES[peer], "onnxruntime", "onnxruntime-gpu", "numpy", "fastapi", "starlette", "uvicorn"]
+    code = ("import importlib.metadata as m, sys\n"
+            "for p in sys.argv[1:]:\n"
+            "    try: print(p, m.version(p))\n"
+            "    except m.PackageNotFoundError: pass\n")
+    done = bounded_run([str(python), "-c", code, *packages], timeout=60)
+    return ", ".join(done.stdout.split("\n")[:-1]) if done.returncode == 0 else "?"
 
 
 if __name__ == "__main__":

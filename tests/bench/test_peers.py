@@ -101,21 +101,25 @@ def test_peers_harness_end_to_end(tmp_path):
     assert out.read_text() == text
     assert md.read_text() == f"# Benchmarks\n\n{BEGIN}\n{text.rstrip()}\n{END}\n"
     assert text.startswith("## Peers: rbn-serve vs BentoML")
-    assert "- Peer versions (their venvs): bentoml: bentoml==1.4.40" in text
+    assert "- Peer versions (their venvs, bench/peers/requirements-*.txt): bentoml: bentoml 1.4.40, onnxruntime 1.31.1" in text
     rows = table(text, "server (best setting)")
     assert [(r["server (best setting)"].split(" (")[0], r["concurrency"]) for r in rows] == [
         ("rbn-serve", "1"), ("rbn-serve", "4"), ("bentoml", "1"), ("bentoml", "4")]
     for row in rows:
         assert row["errors"] == "0"
-        for column in ("req/s", "p50 ms", "p99 ms", "RSS MB (tree)", "PSS MB"):
+        for column in ("req/s", "p50 ms", "p99 ms", "RSS MB (tree)", "PSS MB", "CPU ms / request"):
             positive(row[column])
     for row in rows[2:]:
         positive(row["rbn-serve / peer: req/s"])
         positive(row["rbn-serve / peer: p50"])
-    tuning = table(text, "server")
-    assert [(r["server"], r["setting"]) for r in tuning] == [
+    tuning = table(text, "peer")
+    assert [(r["peer"], r["setting"]) for r in tuning] == [
         ("bentoml", "1 worker, batch 32, 1 s SLO"), ("bentoml", "1 worker, batch 64, 60 s SLO")]
     for row in tuning:
         positive(row["req/s at 4"])
         assert row["errors"] == "0"
     assert "- **bentoml** (venv `.peers/bentoml`" in text
+    cpu = table(text, "server")  # where the CPU goes
+    assert {r["server"] for r in cpu} == {"rbn-serve", "bentoml"}
+    for row in cpu:
+        positive(row["CPU ms / request"])
