@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
@@ -215,7 +216,7 @@ def pair_for(models: dict, name: str | None) -> tuple[str, str, list[str]]:
 class Progress:
     """A one-line progress bar on stderr (redrawn at most 10 times a second; every 10% when not a terminal)."""
 
-    def __init__(self, total: int, stream=sys.stderr) -> None:
+    def __init__(self, total: int, stream: TextIO = sys.stderr) -> None:
         self.total, self.done, self.stream = total, 0, stream
         self.start = self.last = time.monotonic()
         self.tty = stream.isatty()
@@ -241,8 +242,8 @@ class Progress:
         width = 30
         filled = width * self.done // max(1, self.total)
         elapsed = now - self.start
-        rate_ = self.done / elapsed if elapsed > 0 else 0.0
-        return f"ab-eval [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} images, {elapsed:.1f} s, {rate_:.0f}/s"
+        speed = self.done / elapsed if elapsed > 0 else 0.0
+        return f"ab-eval [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} images, {elapsed:.1f} s, {speed:.0f}/s"
 
 
 def rows_of(cells: dict[tuple[str, int], Cell]) -> list[dict]:
