@@ -85,6 +85,10 @@ class Access:
             route.path.rstrip("/") + "/" for route in routes if isinstance(route, Mount) and isinstance(route.app, StaticFiles)
         )
 
+    def is_static(self, path: str) -> bool:
+        """The page shell or a file of a ``StaticFiles`` mount (no data: they may be cached)."""
+        return path == "/" or (bool(self.open_prefixes) and path.startswith(self.open_prefixes))
+
     def is_open(self, path: str) -> bool:
         return path in self.open_paths or (bool(self.open_prefixes) and path.startswith(self.open_prefixes))
 

@@ -5,7 +5,7 @@ that could be read two ways (a repeated Content-Length, Content-Type, ... or a C
 not plain ASCII digits) answered 400 before any route sees them; the API key (``service.auth``); the
 body-size limit (declared or streamed bytes -> 413); request metrics (route template, model, status,
 latency) and the in-flight count; ``X-Content-Type-Options: nosniff`` on every answer and
-``Cache-Control: no-store`` on those that set no caching of their own. An exception no route
+``Cache-Control: no-store`` on every answer but the page's static files. An exception no route
 handled becomes the generic 500 here, its details in the log under the request id.
 
 One layer rather than several: each ASGI layer costs event-loop time on every request.
@@ -55,25 +55,24 @@ class RequestGate:
             self.access.open_static_mounts(scope["app"].routes)
             self._routes_read = True
         state = self.state
-        given_id = authorization = declared = None
+        headers = scope["headers"]
         problem = None
-        seen: set[bytes] = set()
-        for key, value in scope["headers"]:
-            if key == b"x-request-id":
-                given_id = given_id or value  # the first one (a proxy may have appended its own)
-            elif key in _SINGLE:
-                if key in seen:
-                    problem = f"header {key.decode('latin-1')} is repeated; send it once"
-                seen.add(key)
-                if key == b"authorization":
-                    authorization = value
-                elif key == b"content-length":
-                    declared = value
+        found = dict(headers)  # the last copy of each name
+        given_id = found.get(b"x-request-id")
+        if len(found) != len(headers):  # a repeated header (rare): is it one that must not repeat?
+            names = [key for key, _ in headers]
+            problem = _repeated(names)
+            if names.count(b"x-request-id") > 1:  # a proxy may have appended its own: the client's is first
+                given_id = next(value for key, value in headers if key == b"x-request-id")
+        authorization = found.get(b"authorization")
+        declared = found.get(b"content-length")
         request_id = requestid.accept(given_id)
         scope[REQUEST_ID_KEY] = request_id
         token = requestid.current.set(request_id)
         gone_token = requestid.client_gone.set(requestid.gone_check(receive))
         extra = [(b"x-request-id", request_id.encode("ascii")), _NOSNIFF]
+        if not self.access.is_static(scope["path"]):  # the page's files may be cached (they revalidate by ETag)
+            extra.append(_NO_STORE)
         status = 500
         started = False
 
@@ -81,15 +80,12 @@ class RequestGate:
             nonlocal status, started
             if message["type"] == "http.response.start":
                 status, started = message["status"], True
-                headers = list(message.get("headers", ()))
-                if not any(k == b"cache-control" for k, _ in headers):
-                    headers.append(_NO_STORE)
-                message["headers"] = headers + extra
+                message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
 
         if problem is None and declared is not None and not (declared.isdigit() and declared.isascii()):
             problem = "Content-Length must be ASCII digits"
-        if problem is None and declared is not None and b"transfer-encoding" in seen:
+        if problem is None and declared is not None and b"transfer-encoding" in found:
             problem = "Content-Length and Transfer-Encoding together are ambiguous; send one"
 
         limit = state.settings.max_body_bytes
@@ -139,3 +135,11 @@ class RequestGate:
     async def _refuse(self, scope, send, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         self.on_reject(Request(scope), status, code)
         await error_response(scope["path"], status, code, message, headers)(scope, None, send)
+
+
+def _repeated(names: list[bytes]) -> str | None:
+    """The message for a header in ``_SINGLE`` that appears more than once, else None."""
+    for name in _SINGLE:
+        if names.count(name) > 1:
+            return f"header {name.decode('latin-1')} is repeated; send it once"
+    return None

@@ -152,6 +152,10 @@ def test_answers_carry_nosniff_and_no_store(keyed):
                   c.get("/models", headers=bearer(KEYS[1]))):
             assert r.headers["x-content-type-options"] == "nosniff", r.url
             assert r.headers["cache-control"] == "no-store", r.url
+        for path in ("/", "/static/app.js"):  # the page's files: open, cacheable (they revalidate by ETag)
+            r = c.get(path)
+            assert r.status_code == 200 and r.headers["x-content-type-options"] == "nosniff", path
+            assert "no-store" not in r.headers.get("cache-control", ""), path
 
 
 def test_metrics_can_require_the_key_and_docs_can_be_off(locked):
