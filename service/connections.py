@@ -8,8 +8,10 @@ refused connection open and logs a warning per request. So, per connection:
 
 * **read deadline**: from the connection opening (first request) or a request's first byte
   (later ones) until its headers and body are all received, at most ``read_timeout_s``; then a
-  408 (or, when the answer has already started, nothing) and the connection is closed. One timer
-  per request, armed and cancelled on the event loop: no per-byte work.
+  408 (or, when the answer has already started, nothing) and the connection is closed. Each
+  connection notes when its request started; one sweep per server, every quarter second, closes
+  the late ones, so a request is cut between ``read_timeout_s`` - 0.25 s and ``read_timeout_s``.
+  (A timer per request costs about 7 us of event-loop time in uvloop, the sweep nothing per request.)
 * **connection cap**: a request on a connection beyond ``max_connections`` is answered 503 with
   ``Retry-After`` once its body is read, then the connection is closed; it never reaches the app.
 """
@@ -26,6 +28,7 @@ from service import requestid
 from service.errors import is_v2
 
 Event = Callable[[str], None]  # counts a connection-level refusal by reason
+SWEEP_S = 0.25  # how often late requests are looked for
 
 
 def _raw_error(status: int, reason: bytes, path: str, code: str, message: str, extra: bytes = b"") -> bytes:
@@ -40,24 +43,38 @@ def _raw_error(status: int, reason: bytes, path: str, code: str, message: str, e
 def guarded_protocol(read_timeout_s: float, max_connections: int, retry_after_s: int, on_event: Event) -> type:
     """An httptools protocol class with these limits (uvicorn's ``Config(http=...)`` takes a class)."""
 
+    sweep_s = min(SWEEP_S, read_timeout_s / 4)
+    late_after = read_timeout_s - sweep_s
+    sweeping: set[asyncio.AbstractEventLoop] = set()
+
+    def sweep(loop: asyncio.AbstractEventLoop, connections: set) -> None:
+        now = loop.time()
+        for conn in list(connections):
+            since = getattr(conn, "_since", None)
+            if since is not None and now - since > late_after:
+                conn._expired()
+        loop.call_later(sweep_s, sweep, loop, connections)
+
     class GuardedHttpTools(HttpToolsProtocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._over_cap = len(self.connections) > max_connections
             self._receiving = False  # between a request's first byte and its last
             self._headers_done = False
-            self._deadline: asyncio.TimerHandle | None = None
-            self._arm()
+            self._since: float | None = self.loop.time()  # the first request's deadline runs from here
+            if self.loop not in sweeping:  # one sweep per server's loop, started by its first connection
+                sweeping.add(self.loop)
+                self.loop.call_later(sweep_s, sweep, self.loop, self.connections)
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
+            self._since = None
             super().connection_lost(exc)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._receiving, self._headers_done = True, False
-            if self._deadline is None:  # the first request's deadline runs from the connection opening
-                self._arm()
+            if self._since is None:
+                self._since = self.loop.time()
 
         def on_headers_complete(self) -> None:
             self._headers_done = True
@@ -70,7 +87,7 @@ def guarded_protocol(read_timeout_s: float, max_connections: int, retry_after_s:
         def on_message_complete(self) -> None:
             super().on_message_complete()
             self._receiving = False
-            self._disarm()
+            self._since = None
             if self._over_cap:
                 self._refuse_over_cap()
 
@@ -79,17 +96,8 @@ def guarded_protocol(read_timeout_s: float, max_connections: int, retry_after_s:
                 return
             super()._start_asgi_task(cycle, app)
 
-        def _arm(self) -> None:
-            self._disarm()
-            self._deadline = self.loop.call_later(read_timeout_s, self._expired)
-
-        def _disarm(self) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
-
         def _expired(self) -> None:
-            self._deadline = None
+            self._since = None
             if self.transport.is_closing():
                 return
             if not self._receiving:  # opened and never used: close without an answer nobody asked for

@@ -61,7 +61,7 @@ def trickle(port: int, head: bytes, until: float) -> tuple[bytes, float]:
 def test_a_trickling_request_gets_408_and_is_closed(server, head):
     answer, took = trickle(server.port, head, until=READ_TIMEOUT_S + 5)
     assert status_of(answer) == 408, answer[:300]
-    assert READ_TIMEOUT_S - 0.1 <= took <= READ_TIMEOUT_S + 2.0, took
+    assert READ_TIMEOUT_S - 0.35 <= took <= READ_TIMEOUT_S + 2.0, took  # cut in (timeout - 0.25 s, timeout]
     head_part, _, body = answer.partition(b"\r\n\r\n")
     assert b"connection: close" in head_part.lower()
     error = json.loads(body)["error"]
@@ -72,7 +72,7 @@ def test_an_unused_connection_is_closed_without_an_answer(server):
     with connect(server.port) as s:
         start = time.monotonic()
         assert s.recv(100) == b""
-        assert READ_TIMEOUT_S - 0.1 <= time.monotonic() - start <= READ_TIMEOUT_S + 2.0
+        assert READ_TIMEOUT_S - 0.35 <= time.monotonic() - start <= READ_TIMEOUT_S + 2.0
 
 
 def test_an_idle_keep_alive_connection_is_closed(server):
