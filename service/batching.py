@@ -151,6 +151,7 @@ class Batcher:
         self.dropped_gone = 0  # requests dropped because their client disconnected
         self._canary: asyncio.Task | None = None
         self._sample: np.ndarray | None = None  # zeros shaped like one image: the canary's input
+        self._swept = 0.0  # when the queue was last swept (a full queue sweeps at most every 10 ms)
         self.queued_images = 0  # images waiting, read by the metrics collector
         self.pending = 0  # requests submitted and not yet answered
         self._free = instances
@@ -202,7 +203,7 @@ class Batcher:
             raise Unavailable(f"model {self.name} cannot run requests now (its batcher stopped); retry on another replica")
         if not 0 < n <= self.max_batch_size:
             raise ValueError(f"a request holds 1..{self.max_batch_size} images, got {n}")
-        if self.queued_images + n > self.max_queue_size:
+        if self.queued_images + n > self.max_queue_size and time.perf_counter() - self._swept > 0.01:
             self._sweep()  # requests of clients that left, or that waited too long, give their places up first
         if self.queued_images + n > self.max_queue_size:
             raise QueueFull(
@@ -306,7 +307,7 @@ class Batcher:
 
     def _sweep(self) -> None:
         """Answer and drop queued requests that lost their client or waited too long."""
-        now = time.perf_counter()
+        now = self._swept = time.perf_counter()
         if self._queue:
             kept = deque(r for r in self._queue if self._wanted(r, now))
             self.queued_images = sum(r.n for r in kept)
