@@ -276,7 +276,12 @@ def tune(runner: Runner, peers: list[Peer], levels: list[int], warmup: int, dura
             continue
         for setting in peer.settings:
             progress(f"tuning {peer.name}: {setting.name}")
-            server = runner.start(peer, setting)
+            try:
+                server = runner.start(peer, setting)
+            except (RuntimeError, TimeoutError) as exc:  # a setting that does not come up is a result, not the end
+                progress(f"{peer.name} ({setting.name}) did not start: {str(exc).splitlines()[0]}")
+                results.setdefault(peer.name, []).append((setting, {}))
+                continue
             try:
                 samples = {c: runner.drive(peer, server, c, warmup, duration) for c in levels}
             finally:
@@ -292,7 +297,7 @@ def best_setting(peer: Peer, tuned: dict[str, list[tuple[Setting, dict[int, Samp
 
     def score(item: tuple[Setting, dict[int, Sample]]) -> float:
         samples = item[1].values()
-        if any(s.load.errors or s.load.requests == 0 for s in samples):
+        if not samples or any(s.load.errors or s.load.requests == 0 for s in samples):
             return 0.0
         return math.exp(statistics.fmean(math.log(s.load.per_s) for s in samples))
 
@@ -400,6 +405,10 @@ def tuning_table(tuned: dict[str, list[tuple[Setting, dict[int, Sample]]]], leve
              "|---|---|" + "---|---|" * len(levels) + "---|---|"]
     for name, items in tuned.items():
         for setting, samples in items:
+            if not samples:
+                blank = " | ".join("—" for _ in range(2 * len(levels)))
+                lines.append(f"| {name} | {setting.name} | {blank} | did not start in time | {setting.why} |")
+                continue
             cells = " | ".join(f"{samples[c].load.per_s:.0f} | {samples[c].load.p99_ms:.1f}" for c in levels)
             errors = sum(s.load.errors for s in samples.values())
             lines.append(f"| {name} | {setting.name} | {cells} | {errors} | {setting.why} |")
