@@ -1,4 +1,4 @@
-"""`rbn`: train, fine-tune, export, bundle and evaluate models (validate bundles with `rbn-serve validate`). Errors print one line."""
+"""`rbn`: train, fine-tune, export, bundle and evaluate models, compare the arms over seeds (validate bundles with `rbn-serve validate`). Errors print one line."""
 
 from __future__ import annotations
 
@@ -97,6 +97,40 @@ def _load_for_eval(source: Path) -> tuple[str, bytes, dict]:
     return name, export_onnx(model, input_shape=INPUT_SHAPE), info
 
 
+def _paired(args) -> None:
+    from rbn import data as fmnist
+    from rbn import paired
+    from rbn.evaluate import EvalConfig, OnnxClassifier
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [Path(c) for c in args.checkpoints if args.force or not (out / f"{_checkpoint_name(Path(c))}.npz").exists()]
+    if todo:
+        test = fmnist.load_split("test", args.data)
+        config = EvalConfig(corruption_samples=args.corruption_samples)
+        sets = paired.corrupted_sets(test.images[: config.corruption_samples], seed=config.seed)
+        for source in todo:
+            name, onnx_bytes, meta = _load_for_eval(source)
+            classifier = OnnxClassifier(onnx_bytes, threads=args.threads)
+            result = paired.correctness(name, meta["norm"], meta["seed"], lambda x: classifier.predict(x).labels,
+                                        test.images, test.labels, sets)
+            result.save(out / f"{name}.npz")
+            print(f"{name}: clean {result.accuracy(paired.CLEAN):.4f}, mean corruption {result.accuracy(paired.MEAN):.4f}")
+    rbn_models, bn_models = paired.load_all(out)
+    if not rbn_models:
+        raise FileNotFoundError(f"{out}: no correctness files")
+    rows = paired.report(rbn_models, bn_models, draws=args.draws)
+    (out / "paired.json").write_text(json.dumps({"seeds": [c.seed for c in rbn_models], "draws": args.draws,
+                                                 "rows": paired.as_json(rows)}, indent=1))
+    (out / "paired.md").write_text(paired.markdown(rows, [c.seed for c in rbn_models]))
+    print((out / "paired.md").read_text())
+
+
+def _checkpoint_name(source: Path) -> str:
+    """The name `_load_for_eval` gives a from-scratch checkpoint, without loading it (rbn train's file names)."""
+    return source.stem
+
+
 def _report(args) -> None:
     from rbn.report import write_report
 
@@ -161,6 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-samples", type=int, default=10_000)
     p.add_argument("--threads", type=int, default=0)
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("paired", help="per-image correctness of from-scratch checkpoints -> RBN minus BN over seeds with intervals")
+    p.add_argument("checkpoints", nargs="*", help="checkpoints to add (files already in OUT are kept unless --force)")
+    p.add_argument("--out", default="results/paired")
+    p.add_argument("--corruption-samples", type=int, default=2000, help="as the committed evaluations")
+    p.add_argument("--draws", type=int, default=2000, help="bootstrap draws")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="recompute checkpoints whose file exists")
+    p.set_defaults(func=_paired)
 
     p = sub.add_parser("report", help="aggregate evaluation JSON over seeds -> Markdown + PNG plots")
     p.add_argument("results", help="folder of `rbn evaluate` JSON files")

@@ -24,3 +24,8 @@ def test_every_evaluated_run_has_its_checkpoint_and_three_seeds_per_arm():
         assert (ROOT / "checkpoints" / f"{path.stem}.pt").is_file(), path.stem
         seeds.setdefault(result["norm"], set()).add(result["seed"])
     assert seeds == {"rbn": {0, 1, 2}, "bn": {0, 1, 2}}
+
+
+def test_paired_table_in_results_md_is_the_committed_one():
+    """RESULTS.md quotes results/paired/paired.md as `rbn paired` wrote it (tests/rbn/test_paired.py checks that file)."""
+    assert (RESULTS / "paired" / "paired.md").read_text().strip() in (ROOT / "RESULTS.md").read_text()
