@@ -20,6 +20,7 @@ from rbn.corruptions import CORRUPTION_NAMES
 STATIC = Path(__file__).with_name("static")
 SAMPLES_PACKAGE = "rbn_serve_samples"  # pyproject maps the repository's samples/ to it, as models/ to rbn_serve_models
 DOCS_ASSETS_PACKAGE = "fastapi_offline"  # ships Swagger UI's and ReDoc's built files
+DOCS_LINK = '<a href="/docs">API docs</a> '  # in index.html's header
 # The page may load only from its own origin: a browser-enforced "no request leaves the machine".
 PAGE_POLICY = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
                "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
@@ -59,6 +60,8 @@ def install(app: FastAPI) -> None:
     # The corruption names the server knows, written into the page once (they hold no data, and the
     # page must not depend on /openapi.json, which --no-docs turns off).
     shell = (STATIC / "index.html").read_text().replace("__CORRUPTIONS__", ",".join(CORRUPTION_NAMES))
+    if app.openapi_url is None or app.docs_url is None:  # --no-docs: no link to a page that is not there
+        shell = shell.replace(DOCS_LINK, "")
     headers = {"Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-cache"}
 
     @app.get("/", include_in_schema=False)

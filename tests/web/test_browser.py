@@ -49,6 +49,7 @@ def test_upload_compare_slide_sweep_and_summary(browser, page_server, http, tmp_
     d.get(page_server.url + "/")
     until(d, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true", "the page to start")
     assert d.title == "rbn-serve · A/B workbench"
+    assert d.find_element(By.LINK_TEXT, "API docs").get_attribute("href") == page_server.url + "/docs"
 
     # Upload a sample through the file input: both arms appear, as the API answers them.
     d.find_element(By.ID, "file").send_keys(str(SAMPLE))

@@ -49,6 +49,7 @@ def test_the_page_asks_for_the_key_and_keeps_it_for_the_tab(browser, keyed_serve
     until(d, ready, "the page to start with the key")
     assert not dialog_open(d)
     assert len(d.find_elements(By.CSS_SELECTOR, "#corruption option")) == 1 + 14  # none + every corruption
+    assert d.find_elements(By.CSS_SELECTOR, "a[href='/docs']") == []  # --no-docs: no dead link
     assert d.execute_script(f"return sessionStorage.getItem('{STORAGE}')") == KEY
     assert d.execute_script(f"return localStorage.getItem('{STORAGE}')") is None
 
