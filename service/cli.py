@@ -173,7 +173,9 @@ def build_cli() -> Cli:
         sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
         sources[command.name] = CliSettingsSource(
             command.arguments, root_parser=sub, cli_kebab_case=True, cli_implicit_flags=True,
-            cli_show_env_vars=True, cli_hide_none_type=True, cli_exit_on_error=True,
+            # only `serve`'s Settings read RBN_SERVE_* variables; the other commands' help must not name any
+            cli_show_env_vars=not issubclass(command.arguments, Arguments),
+            cli_hide_none_type=True, cli_exit_on_error=True,
         )
     return Cli(parser, sources)
 

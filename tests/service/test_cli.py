@@ -29,6 +29,12 @@ def test_every_setting_has_its_flag_description_and_variable_in_help(capsys, mon
     assert "--access-log, --no-access-log" in text  # booleans get both forms
 
 
+@pytest.mark.parametrize("command", ["validate", "models", "ab-eval"])
+def test_commands_that_read_no_environment_name_no_variable_in_help(command, capsys, monkeypatch):
+    text = _help(capsys, monkeypatch, command)
+    assert "--help" in text and "[env:" not in text
+
+
 def test_every_command_is_listed_in_the_root_help(capsys, monkeypatch):
     text = _help(capsys, monkeypatch)
     assert [c.name for c in COMMANDS] == ["serve", "validate", "models", "ab-eval"]
