@@ -92,12 +92,7 @@ def collect(folder: Path, labels: list[str]) -> list[Item]:
         raise EvalError(f"{folder}: not a folder", 2)
     listing = folder / "labels.json"
     if listing.is_file():
-        items = []
-        for entry in json.loads(listing.read_text()):
-            label = int(entry["label"])
-            if not 0 <= label < len(labels):
-                raise EvalError(f"{listing}: label {label} of {entry['file']} is not a class index 0..{len(labels) - 1}", 2)
-            items.append(Item(folder / entry["file"], label))
+        items = [_listed(listing, n, entry, len(labels)) for n, entry in enumerate(_read_listing(listing))]
     else:
         known = {fold(name): i for i, name in enumerate(labels)}
         items = []
@@ -113,6 +108,28 @@ def collect(folder: Path, labels: list[str]) -> list[Item]:
             raise EvalError(f"{item.path}: not an image file (expected {', '.join(sorted(IMAGE_SUFFIXES))})", 2)
         _check_image(item.path)
     return items
+
+
+def _read_listing(listing: Path) -> list:
+    try:
+        entries = json.loads(listing.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EvalError(f"{listing}: not valid JSON ({exc})", 2) from None
+    if not isinstance(entries, list):
+        raise EvalError(f'{listing}: expected a list of {{"file": ..., "label": index}}', 2)
+    return entries
+
+
+def _listed(listing: Path, n: int, entry: object, classes: int) -> Item:
+    """Entry ``n`` of a labels.json as an Item; a one-line input error (exit 2) for anything else."""
+    file = entry.get("file") if isinstance(entry, dict) else None
+    label = entry.get("label") if isinstance(entry, dict) else None
+    if not isinstance(file, str) or not file:
+        raise EvalError(f'{listing}: entry {n} has no "file" name', 2)
+    # bool is an int to Python, but true/false is no class index
+    if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < classes:
+        raise EvalError(f"{listing}: label {label!r} of {file} is not a class index 0..{classes - 1}", 2)
+    return Item(listing.parent / file, label)
 
 
 def plan(items: list[Item], shifts: list[tuple[str, int]], batch: int) -> list[Job]:

@@ -129,3 +129,27 @@ def test_api_key_from_the_flag_or_the_environment(image_folder, tmp_path):
         assert done.returncode == 0, done.stderr
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(("listing", "says"), [
+    ("{not json", "not valid JSON"),
+    ('{"a.png": 1}', 'expected a list of {"file": ..., "label": index}'),
+    ('[{"file": "a.png"}]', "label None of a.png is not a class index 0..9"),
+    ('[{"file": "a.png", "label": "Bag"}]', "label 'Bag' of a.png is not a class index 0..9"),
+    ('[{"file": "a.png", "label": true}]', "label True of a.png is not a class index 0..9"),
+    ('[{"file": "a.png", "label": 10}]', "label 10 of a.png is not a class index 0..9"),
+    ('[{"label": 1}]', 'entry 0 has no "file" name'),
+    ('["a.png"]', 'entry 0 has no "file" name'),
+])
+def test_a_bad_labels_json_is_an_input_error(tmp_path, listing, says):
+    """A malformed labels.json is a one-line input problem (exit 2), not a traceback."""
+    from service.abeval import EvalError, collect
+
+    (tmp_path / "a.png").write_bytes((SAMPLES / "fashion-mnist" / "18_bag.png").read_bytes())
+    (tmp_path / "labels.json").write_text(listing)
+    with pytest.raises(EvalError) as caught:
+        collect(tmp_path, [f"class {i}" for i in range(10)])
+    assert caught.value.exit_code == 2 and says in str(caught.value)
+    (tmp_path / "labels.json").write_text('[{"file": "a.png", "label": 8}]')
+    assert [(item.path, item.label) for item in collect(tmp_path, [f"class {i}" for i in range(10)])] == [
+        (tmp_path / "a.png", 8)]
