@@ -88,8 +88,14 @@ class ServerProcess:
         raise TimeoutError(f"{self.name} not ready after {timeout:.0f} s:\n{self.log_tail(self.quote_lines)}")
 
     def wait_ready(self, timeout: float | None = None) -> ServerProcess:
-        """Wait until GET /readyz answers 200 (``ready_timeout`` seconds by default)."""
-        return self.wait_until(self._readyz, timeout or self.ready_timeout)
+        """Wait until GET /readyz answers 200 (``ready_timeout`` seconds by default). On failure the
+        process is stopped before the error is raised: callers write ``Server(...).wait_ready()`` and so
+        hold no handle to stop a server that never came up (it would outlive the test run)."""
+        try:
+            return self.wait_until(self._readyz, timeout or self.ready_timeout)
+        except (RuntimeError, TimeoutError):
+            self.stop()
+            raise
 
     def _readyz(self) -> bool:
         try:
