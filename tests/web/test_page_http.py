@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 from web_support import SAMPLES, STATIC, is_local, references
 
@@ -38,8 +39,12 @@ def test_shipped_samples_are_served(http):
     assert listed == json.loads((SAMPLES / "fashion-mnist" / "labels.json").read_text())
     first = listed[0]["file"]
     assert http.get(f"/samples/fashion-mnist/{first}").content == (SAMPLES / "fashion-mnist" / first).read_bytes()
-    assert http.get("/samples/../pyproject.toml").status_code == 404
-    assert http.get("/static/../page.py").status_code == 404
+    # Percent-encoded: httpx (like a browser) folds a literal "/../" away before sending, so
+    # "/samples/../pyproject.toml" would only ever ask for /pyproject.toml. These reach the mounts.
+    for path in ("/samples/%2e%2e/%2e%2e/pyproject.toml", "/samples/..%2f..%2fpyproject.toml",
+                 "/static/%2e%2e/page.py", "/static/..%2fpage.py"):
+        assert httpx.URL(path).raw_path == path.encode()  # sent as written
+        assert http.get(path).status_code == 404, path
 
 
 @pytest.mark.parametrize("path", ["/docs", "/redoc"])
