@@ -33,7 +33,7 @@ from typing import TextIO
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from rbn.corruptions import CORRUPTION_NAMES, SEVERITIES
-from service.abstats import rate
+from service.abstats import AbTally, rate
 
 CLEAN = "none"  # the row of uncorrupted images, as /ab/summary and the metrics name it
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -62,14 +62,6 @@ class Job:
     severity: int
     label: int
     items: tuple[Item, ...]
-
-
-@dataclass
-class Cell:
-    images: int = 0
-    rbn: int = 0
-    baseline: int = 0
-    agree: int = 0
 
 
 # --- the input folder -----------------------------------------------------------------------
@@ -263,13 +255,19 @@ class Progress:
         return f"ab-eval [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} images, {elapsed:.1f} s, {speed:.0f}/s"
 
 
-def rows_of(cells: dict[tuple[str, int], Cell]) -> list[dict]:
-    """One row per shift, in plan order, with both arms' accuracy and the agreement as ``Rate``s."""
-    return [{
-        "corruption": corruption, "severity": severity, "images": cell.images,
-        "rbn": rate(cell.rbn, cell.images), "baseline": rate(cell.baseline, cell.images),
-        "agreement": rate(cell.agree, cell.images),
-    } for (corruption, severity), cell in cells.items()]
+def rows_of(tally: AbTally, shifts: list[tuple[str, int]]) -> list[dict]:
+    """One row per shift, in plan order, with both arms' accuracy and the agreement as ``Rate``s:
+    the counts of ``tally``, the same counting as the server's /ab/summary (every image is labelled)."""
+    counted = {(r["corruption"], r["severity"]): r for r in tally.summary()["rows"]}
+    nothing = rate(0, 0)
+    rows = []
+    for corruption, severity in dict.fromkeys(shifts):  # a shift named twice is one row
+        row = counted.get((corruption, severity))
+        accuracy = (row or {}).get("accuracy") or {"rbn": nothing, "baseline": nothing}
+        rows.append({"corruption": corruption, "severity": severity, "images": row["comparisons"] if row else 0,
+                     "rbn": accuracy["rbn"], "baseline": accuracy["baseline"],
+                     "agreement": row["agreement"] if row else nothing})
+    return rows
 
 
 def _interval(r: dict) -> str:
@@ -372,7 +370,7 @@ class Outcome:
 def evaluate(client: Client, model: str, jobs: list[Job], shifts: list[tuple[str, int]], concurrency: int,
              progress: Progress | None) -> Outcome:
     """Run every job with ``concurrency`` requests in flight; count per shift. Stops at the first error."""
-    cells = {shift: Cell() for shift in shifts}
+    tally = AbTally(max_cells=len(shifts))
     errors: list[str] = []
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         futures = {pool.submit(client.ab, model, job): job for job in jobs}
@@ -387,15 +385,10 @@ def evaluate(client: Client, model: str, jobs: list[Job], shifts: list[tuple[str
                 for other in futures:
                     other.cancel()
                 continue
-            cell = cells[(job.corruption, job.severity)]
-            for result in results:
-                cell.images += 1
-                cell.rbn += result["correct"]["rbn"]
-                cell.baseline += result["correct"]["baseline"]
-                cell.agree += result["agree"]
+            tally.add(model, "", job.corruption, job.severity, results)
             if progress is not None:
                 progress.advance(len(results))
-    return Outcome(rows_of(cells), errors)
+    return Outcome(rows_of(tally, shifts), errors)
 
 
 def run(folder: Path, server: str, model: str | None, corruptions: Iterable[str] | None,
