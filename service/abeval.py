@@ -14,6 +14,7 @@ or a folder with a ``labels.json`` listing ``{"file": ..., "label": index}`` (th
 from __future__ import annotations
 
 import csv
+import http.client
 import io
 import json
 import re
@@ -164,18 +165,23 @@ class Client:
             request = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return json.loads(response.read())
+                    answer = response.read()
             except urllib.error.HTTPError as exc:
                 detail = _error_text(exc)
                 if exc.code == 401:
                     raise EvalError(f"{self.url} needs an API key (--api-key, or RBN_SERVE_API_KEY): {detail}") from None
                 if exc.code == 503 and attempt < RETRIES:
-                    time.sleep(min(10.0, float(exc.headers.get("Retry-After") or 1)))
+                    time.sleep(_retry_after(exc.headers.get("Retry-After")))
                     continue
                 raise EvalError(f"{method} {path.partition('?')[0]} answered {exc.code}: {detail}") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-                reason = getattr(exc, "reason", exc)
+            except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets, a non-HTTP peer
+                reason = getattr(exc, "reason", None) or exc or type(exc).__name__
                 raise EvalError(f"cannot reach {self.url}: {reason}") from None
+            try:
+                return json.loads(answer)
+            except ValueError:
+                raise EvalError(f"{method} {path.partition('?')[0]} at {self.url} did not answer JSON: "
+                                "is it an rbn-serve server?") from None
         raise AssertionError("unreachable")
 
     def ab(self, model: str, job: Job) -> list[dict]:
@@ -185,7 +191,18 @@ class Client:
             query.update(corruption=job.corruption, severity=str(job.severity))
         body, content_type = multipart([(item.path.name, item.path.read_bytes()) for item in job.items])
         answer = self.request("POST", "/ab?" + urllib.parse.urlencode(query), body, content_type)
-        return answer["results"]
+        results = answer.get("results") if isinstance(answer, dict) else None
+        if not isinstance(results, list) or len(results) != len(job.items):
+            raise EvalError(f"POST /ab at {self.url} did not answer one result per image: is it an rbn-serve server?")
+        return results
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds to wait before retrying a 503 (1 when Retry-After is absent or not a number; at most 10)."""
+    try:
+        return min(10.0, max(0.0, float(value or 1)))
+    except ValueError:
+        return 1.0
 
 
 def _error_text(exc: urllib.error.HTTPError) -> str:
@@ -212,6 +229,9 @@ def multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
 
 def pair_for(models: dict, name: str | None) -> tuple[str, str, list[str]]:
     """From GET /models: the RBN model (``name`` or the primary), its loaded baseline and the labels."""
+    listed = models.get("models") if isinstance(models, dict) else None
+    if not isinstance(listed, list) or not all(isinstance(m, dict) and isinstance(m.get("name"), str) for m in listed):
+        raise EvalError("GET /models did not answer rbn-serve's model list: is it an rbn-serve server?")
     chosen = name or models.get("primary")
     model = next((m for m in models["models"] if m["name"] == chosen), None)
     if model is None:
@@ -225,10 +245,11 @@ def pair_for(models: dict, name: str | None) -> tuple[str, str, list[str]]:
 class Progress:
     """A one-line progress bar on stderr (redrawn at most 10 times a second; every 10% when not a terminal)."""
 
-    def __init__(self, total: int, stream: TextIO = sys.stderr) -> None:
-        self.total, self.done, self.stream = total, 0, stream
+    def __init__(self, total: int, stream: TextIO | None = None) -> None:
+        # sys.stderr looked up now, not when this module was imported (it may have been replaced since)
+        self.total, self.done, self.stream = total, 0, stream or sys.stderr
         self.start = self.last = time.monotonic()
-        self.tty = stream.isatty()
+        self.tty = self.stream.isatty()
         self.lock = threading.Lock()
         self.next_tenth = 1
 

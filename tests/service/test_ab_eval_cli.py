@@ -153,3 +153,66 @@ def test_a_bad_labels_json_is_an_input_error(tmp_path, listing, says):
     (tmp_path / "labels.json").write_text('[{"file": "a.png", "label": 8}]')
     assert [(item.path, item.label) for item in collect(tmp_path, [f"class {i}" for i in range(10)])] == [
         (tmp_path / "a.png", 8)]
+
+
+@pytest.mark.parametrize(("models", "ab", "says"), [
+    (b"<html>a web server</html>", b"", "GET /models at {url} did not answer JSON: is it an rbn-serve server?"),
+    (b'{"models": 3}', b"", "GET /models did not answer rbn-serve's model list"),
+    (b'{"primary": "m", "models": [{"name": "m", "baseline": "b", "baseline_loaded": true, "labels": ["Bag"]}]}', b'{"results": {}}',
+     "POST /ab at {url} did not answer one result per image"),
+    (b'{"primary": "m", "models": [{"name": "m", "baseline": "b", "baseline_loaded": true, "labels": ["Bag"]}]}', b"[1, 2",
+     "POST /ab at {url} did not answer JSON"),
+    (None, b"", "cannot reach {url}"),  # not HTTP at all
+])
+def test_a_server_that_is_not_rbn_serve_is_one_line_and_exit_1(tmp_path, capsys, models, ab, says):
+    """Pointed at another web server (or at something that does not speak HTTP), ab-eval says so in one
+    line with exit 1, instead of a traceback."""
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from service.abeval import run
+
+    class Other(BaseHTTPRequestHandler):
+        def _answer(self, body: bytes) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self._answer(models)
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self._answer(ab)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    (tmp_path / "in" / "Bag").mkdir(parents=True)
+    (tmp_path / "in" / "Bag" / "a.png").write_bytes((SAMPLES / "fashion-mnist" / "18_bag.png").read_bytes())
+    if models is None:  # a listener that answers garbage instead of HTTP
+        listener = socket.create_server(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+        def garbage() -> None:
+            connection, _ = listener.accept()
+            connection.recv(65536)
+            connection.sendall(b"SSH-2.0-not-http\r\n")
+            connection.close()
+
+        threading.Thread(target=garbage, daemon=True).start()
+        stop = listener.close
+    else:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Other)
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        stop = server.shutdown
+    try:
+        code = run(tmp_path / "in", url, None, ["none"], None, 1, 8, None, tmp_path / "out", timeout=10)
+    finally:
+        stop()
+    err = capsys.readouterr().err
+    assert code == 1 and says.format(url=url) in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
