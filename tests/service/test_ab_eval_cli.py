@@ -216,3 +216,10 @@ def test_a_server_that_is_not_rbn_serve_is_one_line_and_exit_1(tmp_path, capsys,
     err = capsys.readouterr().err
     assert code == 1 and says.format(url=url) in err and "Traceback" not in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_retry_after_is_read_as_seconds_within_bounds():
+    from service.abeval import _retry_after
+
+    assert [_retry_after(v) for v in ("3", "0.5", "999", "-4", None, "", "Wed, 21 Oct 2026 07:28:00 GMT")] == [
+        3.0, 0.5, 10.0, 0.0, 1.0, 1.0, 1.0]
