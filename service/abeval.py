@@ -3,8 +3,9 @@ chosen corruption x severity, and report both arms' accuracy and their agreement
 intervals (a table on stdout; CSV, JSON and a PNG plot in the output folder).
 
 A client: the standard library's HTTP client in worker threads, Pillow for the plot (both in the base
-install; no torch, no numpy). Images are sent as they are on disk; the server decodes, preprocesses and
-corrupts them exactly as for any other /ab request, so these figures are what the server computes.
+install; no torch; numpy only because rbn.corruptions, where the corruption names live, imports it).
+Images are sent as they are on disk; the server decodes, preprocesses and corrupts them exactly as for
+any other /ab request, so these figures are what the server computes.
 
 Layouts read: torchvision's ImageFolder (one sub-folder per class; the folder name matched to the
 model's labels ignoring case, spaces and punctuation, since a folder cannot be named ``T-shirt/top``),
