@@ -23,8 +23,8 @@ Servers run from this checkout on 127.0.0.1 ephemeral ports; every subprocess is
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -56,48 +56,25 @@ from bench.common import (  # noqa: E402
 from bench.peers import framing, venvs  # noqa: E402
 from bench.peers.catalog import PEERS, Peer, Setting  # noqa: E402
 from bench.procs import http  # noqa: E402
+from bench.serve_bench import Load, Wrk, wrk_version  # noqa: E402
 
 WRK_PEER = ROOT / "bench" / "peers" / "wrk_peer.lua"
 BEGIN, END = "<!-- peers:begin -->", "<!-- peers:end -->"
 TRAINING = r"bin/rbn (train|finetune)"
 
 
-@dataclass(frozen=True)
-class Load:
-    """What wrk measured in one fixed-duration run (bench/wrk_post.lua's WRK_JSON line)."""
-
-    requests: int
-    seconds: float
-    errors: int
-    non_2xx: int
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-
-    @property
-    def per_s(self) -> float:
-        return self.requests / self.seconds if self.seconds > 0 else 0.0
-
-
-def wrk(executable: str, threads: int, url: str, concurrency: int, seconds: int, body: Path,
-        headers: dict[str, str]) -> Load:
-    """One wrk run of bench/peers/wrk_peer.lua POSTing ``body`` with ``headers``."""
-    args = [executable, f"-t{max(1, min(threads, concurrency))}", f"-c{concurrency}", f"-d{seconds}s", "--latency",
-            "--timeout", "30s", "-s", str(WRK_PEER), url]
-    env = {**os.environ, "BODY_FILE": str(body), "CONTENT_TYPE": headers.get("Content-Type", ""),
-           "EXTRA_HEADERS": "|".join(f"{k}: {v}" for k, v in headers.items() if k != "Content-Type")}
-    done = bounded_run(args, timeout=seconds + 60, env=env)
-    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
-    if done.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed (exit {done.returncode}): {' '.join(args)}\n{done.stdout}\n{done.stderr}")
-    d = json.loads(line.split(" ", 1)[1])
-    return Load(d["requests"], d["duration_us"] / 1e6, d["errors"], d["non_2xx"], d["p50_us"] / 1e3,
-                d["p95_us"] / 1e3, d["p99_us"] / 1e3)
-
-
-def wrk_version(executable: str) -> str:
-    out = bounded_run([executable, "-v"], 10).stdout.strip()
-    return out.splitlines()[0].split(" Copyright")[0].strip() if out else "wrk"
+@contextlib.contextmanager
+def extra_headers(headers: dict[str, str]):
+    """Hand the request's headers other than Content-Type to wrk_peer.lua (EXTRA_HEADERS) while inside."""
+    before = os.environ.get("EXTRA_HEADERS")
+    os.environ["EXTRA_HEADERS"] = "|".join(f"{k}: {v}" for k, v in headers.items() if k != "Content-Type")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("EXTRA_HEADERS", None)
+        else:
+            os.environ["EXTRA_HEADERS"] = before
 
 
 @dataclass(frozen=True)
@@ -243,11 +220,13 @@ class Runner:
         body_file = self.log_dir / f"body-{peer.framing}.bin"
         body_file.write_bytes(request.body)
         url = server.url + peer.path
-        if warmup > 0:
-            wrk(self.args.wrk, self.args.wrk_threads, url, concurrency, warmup, body_file, request.headers)
-        before = cpu_seconds(server.pid)
-        load = wrk(self.args.wrk, self.args.wrk_threads, url, concurrency, duration, body_file, request.headers)
-        cpu = cpu_per_request(before, cpu_seconds(server.pid), load.requests)
+        client = Wrk(self.args.wrk, self.args.wrk_threads, body_file, request.headers["Content-Type"])
+        with extra_headers(request.headers):
+            if warmup > 0:
+                client.run(url, concurrency, warmup, WRK_PEER)
+            before = cpu_seconds(server.pid)
+            load = client.run(url, concurrency, duration, WRK_PEER)
+            cpu = cpu_per_request(before, cpu_seconds(server.pid), load.requests)
         rss, pss = memory_mb(server.pid)
         progress(f"{peer.name} c={concurrency}: {load.per_s:.0f} req/s, p50 {load.p50_ms:.2f} ms, p99 "
                  f"{load.p99_ms:.2f} ms, errors {load.errors}, RSS {rss:.0f} MB, PSS {pss:.0f} MB, "
