@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select
@@ -62,6 +63,12 @@ def test_upload_compare_slide_sweep_and_summary(browser, page_server, http, tmp_
         assert text(d, f"#arm-{side} .probability") == f"{100 * arm['probability']:.1f}%"
         assert text(d, f"#arm-{side} .ood .score") == f"{arm['ood']['score']:.2f}"
         assert d.execute_script(f"return document.querySelector('#arm-{side} img.seen').naturalWidth") == 28
+        # The top-k bars are drawn: each fill spans its probability of the track (within a pixel).
+        widths = d.execute_script(f"""return [...document.querySelectorAll('#arm-{side} .bars li')].map((li) => [
+            li.querySelector('.fill').getBoundingClientRect().width, li.querySelector('.track').getBoundingClientRect().width])""")
+        assert len(widths) == 5 and widths[0][1] > 50
+        for (fill, track), top in zip(widths, arm["top_k"], strict=False):
+            assert fill == pytest.approx(top["probability"] * track, abs=1.0), (side, top)
     assert text(d, "#agree") == ("yes" if clean["agree"] else "no")
     assert text(d, "#l1") == f"{clean['l1_distance']:.3f}"
 
