@@ -5,9 +5,12 @@ run to run) and which test images were drawn (the corruption suite uses the firs
 This module keeps, per model, which images it classified right (``Correctness``), so both can be
 resampled:
 
-- **over seeds:** a t interval over the per-seed differences (RBN seed s minus BN seed s); the
-  pairing by seed index is only a bookkeeping choice, so this is the two-sample question asked with
-  equal group sizes;
+- **over seeds, paired:** a t interval over the per-seed differences (RBN seed s minus BN seed s).
+  The pairing is by design, not bookkeeping: `rbn train` with seed s gives both arms the same initial
+  weights for every parameter they share and the same data order and augmentation (common random
+  numbers), so RBN seed s and BN seed s differ only by the normalisation layer;
+- **over seeds, unpaired:** Welch's interval for the difference of the arms' means, which ignores
+  the pairing: the check that the answer does not rest on it;
 - **over test images:** a bootstrap of the images (the same draw for every model, since all models
   see the same images) with the seeds held fixed;
 - **both:** a two-level bootstrap, seeds first, then images.
@@ -94,6 +97,7 @@ class PairedDifference:
     quantity: str
     per_seed: list[float]
     over_seeds: Interval  # t interval, seeds as the unit
+    unpaired: Interval  # Welch's interval over seeds, pairing ignored
     over_images: Interval  # bootstrap of test images, seeds fixed
     both: Interval  # two-level bootstrap
 
@@ -106,6 +110,20 @@ def t_interval(values: np.ndarray, level: float = 0.95) -> Interval:
         return Interval(mean, float("nan"), float("nan"))
     half = float(stats.t.ppf(0.5 + level / 2, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values)))
     return Interval(mean, mean - half, mean + half)
+
+
+def welch_interval(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> Interval:
+    """Welch's interval for mean(a) - mean(b), unequal variances (Welch-Satterthwaite degrees of freedom)."""
+    from scipy import stats
+
+    estimate = float(np.mean(a) - np.mean(b))
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    se = float(np.sqrt(va + vb))
+    if se == 0:
+        return Interval(estimate, estimate, estimate)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, df) * se)
+    return Interval(estimate, estimate - half, estimate + half)
 
 
 def _percentile_interval(estimate: float, draws: np.ndarray, level: float) -> Interval:
@@ -140,8 +158,11 @@ def paired_difference(rbn: list[Correctness], bn: list[Correctness], quantity: s
     over_images = _percentile_interval(estimate, by_seed.mean(axis=1), level)
     seed_draws = rng.integers(0, len(per_seed), size=(draws, len(per_seed)))
     both = np.take_along_axis(by_seed, seed_draws, axis=1).mean(axis=1)
+    rbn_means = np.array([_per_image(c, quantity).mean() for c in rbn]) * 100
+    bn_means = np.array([_per_image(c, quantity).mean() for c in bn]) * 100
     return PairedDifference(quantity, [round(float(v), 4) for v in per_seed], t_interval(per_seed, level),
-                            over_images, _percentile_interval(estimate, both, level))
+                            welch_interval(rbn_means, bn_means, level), over_images,
+                            _percentile_interval(estimate, both, level))
 
 
 def load_all(folder: Path) -> tuple[list[Correctness], list[Correctness]]:
@@ -161,15 +182,16 @@ def markdown(rows: list[PairedDifference], seeds: list[int]) -> str:
         return f"[{i.low:+.2f}, {i.high:+.2f}]"
 
     lines = [
-        f"RBN minus BN accuracy, points, seeds {', '.join(map(str, seeds))} paired by seed index; 95% intervals.",
+        f"RBN minus BN accuracy, points, seeds {', '.join(map(str, seeds))}, paired by seed (same initial weights, "
+        "data order and augmentation); 95% intervals.",
         "",
-        "| quantity | per-seed differences | mean | over seeds (t) | over test images (bootstrap) | both (two-level bootstrap) |",
-        "|---|---|---:|---:|---:|---:|",
+        "| quantity | per-seed differences | mean | over seeds, paired (t) | over seeds, unpaired (Welch) | over test images (bootstrap) | both (two-level bootstrap) |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         name = {CLEAN: "clean", MEAN: "**mean corruption**"}.get(r.quantity, r.quantity)
         per_seed = " ".join(f"{v:+.2f}" for v in r.per_seed)
-        lines.append(f"| {name} | {per_seed} | {r.over_seeds.estimate:+.2f} | {cell(r.over_seeds)} | {cell(r.over_images)} | {cell(r.both)} |")
+        lines.append(f"| {name} | {per_seed} | {r.over_seeds.estimate:+.2f} | {cell(r.over_seeds)} | {cell(r.unpaired)} | {cell(r.over_images)} | {cell(r.both)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -178,4 +200,5 @@ def as_json(rows: list[PairedDifference]) -> list[dict]:
         return {"estimate": i.estimate, "low": i.low, "high": i.high}
 
     return [{"quantity": r.quantity, "per_seed": r.per_seed, "over_seeds": interval(r.over_seeds),
+             "unpaired": interval(r.unpaired),
              "over_images": interval(r.over_images), "both": interval(r.both)} for r in rows]

@@ -48,6 +48,17 @@ def test_identical_arms_differ_by_exactly_zero():
         assert row.per_seed == [0.0, 0.0, 0.0]
         for interval in (row.over_seeds, row.over_images, row.both):
             assert (interval.estimate, interval.low, interval.high) == (0.0, 0.0, 0.0)
+        assert row.unpaired.estimate == 0.0 and row.unpaired.low == -row.unpaired.high  # the arms' seed spread remains
+
+
+def test_welch_interval_is_scipys_unequal_variance_t_test():
+    a, b = np.array([1.0, 2.0, 3.0]), np.array([4.0, 6.0, 8.0, 9.0])
+    from scipy import stats
+
+    reference = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    got = paired.welch_interval(a, b)
+    assert got.estimate == pytest.approx(-4.75)
+    assert (got.low, got.high) == pytest.approx((reference.low, reference.high), rel=1e-9)
 
 
 def test_known_difference_and_t_interval():
@@ -88,7 +99,7 @@ def test_committed_correctness_equals_the_committed_evaluations():
 
 def numbers(row: dict) -> list[float]:
     """A report row's figures in a fixed order: the per-seed differences, then each interval's three."""
-    return [*row["per_seed"], *(row[k][f] for k in ("over_seeds", "over_images", "both") for f in ("estimate", "low", "high"))]
+    return [*row["per_seed"], *(row[k][f] for k in ("over_seeds", "unpaired", "over_images", "both") for f in ("estimate", "low", "high"))]
 
 
 def test_committed_report_is_what_the_files_give():
