@@ -20,8 +20,10 @@ STAMP = ".rbn-peers-requirements"
 
 
 def default_python() -> str:
-    """The interpreter the venvs are made from: the system's python3 when there is one (Debian's build ships
-    libpython3.X.so, which Triton's Python backend stub loads), else the one running the harness."""
+    """The interpreter the venvs are made from: the system's python3 when there is one, else the one running
+    the harness. Triton's Python backend stub (PyTriton) embeds the system's libpython3.X; a venv made from
+    another build of the same minor version (pyenv's 3.11.7 over Debian's 3.11.2) hands it a newer standard
+    library, and the model fails to load: ``'_thread.RLock' object has no attribute '_recursion_count'``."""
     system = Path("/usr/bin/python3")
     return str(system) if system.exists() else getattr(sys, "_base_executable", sys.executable)
 
