@@ -1,6 +1,9 @@
 """Run the app under uvicorn with a graceful SIGTERM: readiness false, optional drain delay while
 still serving, then uvicorn stops accepting, finishes in-flight requests, and the lifespan drains
-the batch queues. Exits 0 after a graceful stop, 1 when model loading failed."""
+the batch queues. Exits 0 after a graceful stop, 1 when model loading failed or the API key
+configuration is unusable. The HTTP protocol is uvicorn's httptools one with a read deadline and a
+connection cap (``service.connections``); idle keep-alive connections close after
+``keep_alive_timeout_s``."""
 
 from __future__ import annotations
 
