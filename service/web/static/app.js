@@ -51,6 +51,8 @@
         const dialog = $("key-dialog");
         $("key-error").textContent = message;
         $("key-input").value = "";
+        // Escape cancels: what was typed is not a key the user chose to send
+        dialog.addEventListener("cancel", () => { $("key-input").value = ""; }, { once: true });
         dialog.addEventListener("close", () => {
           const key = $("key-input").value.trim();
           keyPrompt = null;
@@ -121,7 +123,8 @@
   // --- one comparison: POST /ab with the image as the raw body ---------------------------------
   function pairModel() { return state.models.find((m) => m.name === $("pair").value); }
   function params(extra = {}) {
-    const out = { model: $("pair").value, top_k: String(pairModel().labels.length), ...extra };
+    // every label (the sweep reads the label's probability), within /ab's top_k cap of 1000
+    const out = { model: $("pair").value, top_k: String(Math.min(pairModel().labels.length, 1000)), ...extra };
     if ($("label").value !== "") out.label = $("label").value;
     return out;
   }
@@ -166,7 +169,8 @@
     const shift = answer.corruption ? `${answer.corruption.name.replaceAll("_", " ")}, severity ${answer.corruption.severity}` : "no corruption";
     const verdict = $("verdict");
     verdict.replaceChildren(
-      result.agree ? el("b", { class: "ok", text: `Both arms say ${rbn.label}.` })
+      // agreeing on a wrong answer is not good news: green only when the label (if given) agrees too
+      result.agree ? el("b", { class: answer.label && result.winner === "neither" ? "bad" : "ok", text: `Both arms say ${rbn.label}.` })
         : el("b", { class: "bad", text: `The arms disagree: RBN ${rbn.label}, baseline ${baseline.label}.` }),
       ` ${image.name}, ${shift}.`,
       answer.label ? ` Label ${answer.label.name}: ${{ both: "both right", neither: "both wrong", rbn: "only RBN right", baseline: "only the baseline right" }[result.winner]}.` : "",
