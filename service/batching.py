@@ -210,10 +210,14 @@ class Batcher:
                 f"model {self.name}: queue full ({self.queued_images} of {self.max_queue_size} images waiting); retry later",
                 headers={"Retry-After": self._retry_after},
             )
+        gone = requestid.client_gone.get()
+        if gone is not None and gone():  # its client left while it was read or decoded: never queue it
+            self.dropped_gone += 1
+            raise ClientGone("the client disconnected before its images were queued")
         if self._sample is None:
             self._sample = np.zeros_like(x[:1])
         # registered before it is queued
-        request = _Request(x, self._loop.create_future(), requestid.client_gone.get(), requestid.current.get())
+        request = _Request(x, self._loop.create_future(), gone, requestid.current.get())
         self._queue.append(request)
         self.queued_images += n
         self.pending += 1

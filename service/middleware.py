@@ -5,8 +5,10 @@ that could be read two ways (a repeated Content-Length, Content-Type, ... or a C
 not plain ASCII digits) answered 400 before any route sees them; the API key (``service.auth``); the
 body-size limit (declared or streamed bytes -> 413); request metrics (route template, model, status,
 latency) and the in-flight count; ``X-Content-Type-Options: nosniff`` on every answer and
-``Cache-Control: no-store`` on every answer but the page's static files. An exception no route
-handled becomes the generic 500 here, its details in the log under the request id.
+``Cache-Control: no-store`` on every answer but the page's static files; ``Connection: close`` while
+draining (so that no idle keep-alive connection is left for the shutdown to cut under a request in
+flight). An exception no route handled becomes the generic 500 here, its details in the log under
+the request id.
 
 One layer rather than several: each ASGI layer costs event-loop time on every request.
 """
@@ -37,6 +39,7 @@ _SINGLE = frozenset({b"content-length", b"content-type", b"content-encoding", b"
                      b"inference-header-content-length", b"authorization", b"host"})
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
 _NO_STORE = (b"cache-control", b"no-store")
+_CLOSE = (b"connection", b"close")
 
 
 class RequestGate:
@@ -81,6 +84,8 @@ class RequestGate:
             if message["type"] == "http.response.start":
                 status, started = message["status"], True
                 message["headers"] = [*message.get("headers", ()), *extra]
+                if state.phase == "draining":  # no keep-alive while draining: clients reconnect (elsewhere)
+                    message["headers"].append(_CLOSE)
             await send(message)
 
         if problem is None and declared is not None and not (declared.isdigit() and declared.isascii()):

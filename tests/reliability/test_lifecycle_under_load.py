@@ -59,7 +59,11 @@ async def drive(url: str, tally: Tally, stop: asyncio.Event, workers: int = 16) 
 
 
 def test_sigterm_under_load_fails_no_accepted_request(tmp_path):
-    server = Server(tmp_path, drain_delay_s=1, graceful_timeout_s=10).wait_ready()
+    """A request the server accepted is one its access log records (uvicorn logs it when the answer
+    starts); every one of them must reach the client as a right 200. A connection the shutdown closes
+    before its request was read (the HTTP keep-alive race, about one in a few hundred here) fails on
+    the client without ever being accepted: it must then be absent from the log, not a 5xx."""
+    server = Server(tmp_path, drain_delay_s=1, graceful_timeout_s=10, access_log=True).wait_ready()
     tally = Tally()
 
     async def main() -> float:
@@ -77,12 +81,18 @@ def test_sigterm_under_load_fails_no_accepted_request(tmp_path):
 
     signalled = asyncio.run(main())
     code = server.stop()
+    log = server.log()
+    accepted = log.count('"POST /predict?top_k=1 HTTP/1.1" 200')
+    errors = [line for line in log.splitlines() if "/predict" in line and '" 5' in line]
     served_after = sum(t > signalled for t in tally.ok_after)
-    print(f"\nSIGTERM under load: {tally.ok} answered right ({served_after} after the signal), "
-          f"{tally.refused} not accepted, failed {len(tally.failed)}, wrong {len(tally.wrong)}")
+    print(f"\nSIGTERM under load: {accepted} accepted (access log), {tally.ok} answered right "
+          f"({served_after} after the signal), {tally.refused} refused or closed before an answer, "
+          f"{len(tally.failed)} closed before an answer without being accepted, wrong {len(tally.wrong)}")
     assert code == 0, server.log_tail(40)
-    assert not tally.failed, tally.failed[:5]
+    assert not errors, errors[:5]
     assert not tally.wrong, tally.wrong[:5]
+    assert tally.ok == accepted, (tally.ok, accepted, tally.failed[:5])  # every accepted request answered right
+    assert all("ReadError" in f or "RemoteProtocolError" in f for f in tally.failed), tally.failed[:5]
     assert tally.ok > 50 and served_after > 0  # the drain delay kept serving after the signal
 
 
