@@ -109,12 +109,8 @@ class Decoder:
             else:
                 large.append(i)
         if large:
-            opened = await self.pool.map(self._open, [uploads[i].data for i in large])
+            opened = await self._in_pool(self._open, [uploads[i].data for i in large], large, uploads)
             for i, image in zip(large, opened, strict=True):
-                if isinstance(image, ServiceError):
-                    raise _for_file(image, i, uploads[i], count)
-                if isinstance(image, BaseException):
-                    raise image
                 images[i] = image
         total = sum(image.width * image.height for image in images)
         if total > self.max_request_pixels:
@@ -131,14 +127,20 @@ class Decoder:
             else:
                 heavy.append(i)
         if heavy:
-            done = await self.pool.map(lambda image: render(image, spec), [images[i] for i in heavy])
+            done = await self._in_pool(lambda image: render(image, spec), [images[i] for i in heavy], heavy, uploads)
             for i, pixels in zip(heavy, done, strict=True):
-                if isinstance(pixels, ServiceError):
-                    raise _for_file(pixels, i, uploads[i], count)
-                if isinstance(pixels, BaseException):
-                    raise pixels
                 out[i] = pixels
         return out
+
+    async def _in_pool(self, fn: Callable[..., T], items: list, indices: list[int], uploads: list[Upload]) -> list[T]:
+        """``fn`` over ``items`` (the files at ``indices``) in the pool; the first failure raised, naming its file."""
+        results = await self.pool.map(fn, items)
+        for i, result in zip(indices, results, strict=True):
+            if isinstance(result, ServiceError):
+                raise _for_file(result, i, uploads[i], len(uploads))
+            if isinstance(result, BaseException):
+                raise result
+        return results
 
     def shutdown(self) -> None:
         self.pool.shutdown()

@@ -89,6 +89,13 @@ def test_a_bad_file_is_named_in_the_error(service):
                                           [Upload(sample(0), "a.png"), Upload(sample(1)[:60], "b.png")], 1))
 
 
+def test_a_bad_large_file_decoded_in_the_pool_is_named_too(service):
+    truncated = sample(1)[:60] + bytes(64 * 1024)  # over inline_body_bytes: opened in a decode thread
+    with pytest.raises(CorruptImage, match=r"^file 1 \(big.png\): "):
+        service.run(service.plane.predict(service.state.models[RBN_MODEL],
+                                          [Upload(sample(0), "a.png"), Upload(truncated, "big.png")], 1))
+
+
 def test_large_images_decode_in_the_pool_to_the_same_tensor(service):
     """Above inline_decode_pixels an image is resized in a decode thread; the pixels are the same."""
     model = service.state.models[RBN_MODEL]
