@@ -25,13 +25,12 @@ def write_poison_bundle(repo: Path) -> None:
     the target shape of a Reshape becomes [-1, pixels + 1]. Zeros (warm-up, canary) run fine."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from rbn.bundle import write_bundle
+    from tests.graph_bundles import STATS_LAYERS as layers, write_graph_bundle
 
     fields = json.loads((MODELS / "fmnist-resnet20-bn" / "model.json").read_text())
     spec = fields["input"]
-    pixels, labels, layers = spec["channels"] * spec["height"] * spec["width"], len(fields["labels"]), 2
+    pixels, labels = spec["channels"] * spec["height"] * spec["width"], len(fields["labels"])
     rng = np.random.default_rng(0)
-    f32 = TensorProto.FLOAT
     weights = [numpy_helper.from_array(np.array([-1, pixels], np.int64), "shape"),
                numpy_helper.from_array(np.array([0, 1], np.int64), "bump"),
                numpy_helper.from_array(np.array(POISON / 2, np.float32), "limit"),
@@ -46,16 +45,7 @@ def write_poison_bundle(repo: Path) -> None:
              helper.make_node("Reshape", ["flat", "target"], ["checked"]),
              helper.make_node("MatMul", ["checked", "w_logits"], ["logits"]),
              helper.make_node("MatMul", ["checked", "w_stats"], ["rbn_stats"])]
-    graph = helper.make_graph(
-        nodes, NAME, [helper.make_tensor_value_info(spec["name"], f32, ["batch", spec["channels"], spec["height"], spec["width"]])],
-        [helper.make_tensor_value_info("logits", f32, ["batch", labels]),
-         helper.make_tensor_value_info("rbn_stats", f32, ["batch", layers])], weights)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    for key in ("onnx_sha256", "ood", "evaluation", "provenance", "baseline", "stats_channels"):
-        fields.pop(key, None)
-    fields.update(name=NAME, norm="bn", stats_layers=[f"layer{i}" for i in range(layers)])
-    write_bundle(repo, fields, model.SerializeToString())
+    write_graph_bundle(repo, NAME, fields, nodes, weights)
 
 
 @pytest.fixture(scope="module")

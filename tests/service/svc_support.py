@@ -59,12 +59,12 @@ def write_batch_one_bundle(repo: Path, like: Path, name: str = "test-batch-one")
     inside the graph. ``like`` is a bundle folder whose model.json lends the labels and input spec."""
     import json
 
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
-    from rbn.bundle import write_bundle
+    from tests.graph_bundles import STATS_LAYERS as layers, write_graph_bundle
 
     fields = json.loads((like / "model.json").read_text())
-    labels, layers = len(fields["labels"]), 2
+    labels = len(fields["labels"])
     spec = fields["input"]
     pixels = spec["channels"] * spec["height"] * spec["width"]
     rng = np.random.default_rng(0)
@@ -78,17 +78,7 @@ def write_batch_one_bundle(repo: Path, like: Path, name: str = "test-batch-one")
              helper.make_node("Squeeze", ["total", "axis0"], ["first"]),  # (1,) only when batch == 1
              helper.make_node("Add", ["scores", "first"], ["logits"]),
              helper.make_node("MatMul", ["flat", "w_stats"], ["rbn_stats"])]
-    graph = helper.make_graph(
-        nodes, name, [helper.make_tensor_value_info(spec["name"], TensorProto.FLOAT,
-                                                    ["batch", spec["channels"], spec["height"], spec["width"]])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", labels]),
-         helper.make_tensor_value_info("rbn_stats", TensorProto.FLOAT, ["batch", layers])], weights)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    for key in ("onnx_sha256", "ood", "evaluation", "provenance", "baseline", "stats_channels"):
-        fields.pop(key, None)
-    fields.update(name=name, norm="bn", stats_layers=[f"layer{i}" for i in range(layers)])
-    return write_bundle(repo, fields, model.SerializeToString())
+    return write_graph_bundle(repo, name, fields, nodes, weights)
 
 
 HANG = 1e12  # a pixel value that makes write_slow_bundle's graph loop about forever
@@ -103,10 +93,10 @@ def write_slow_bundle(repo: Path, like: Path, name: str = "test-slow", extra_ite
 
     from onnx import TensorProto, helper, numpy_helper
 
-    from rbn.bundle import write_bundle
+    from tests.graph_bundles import STATS_LAYERS as layers, write_graph_bundle
 
     fields = json.loads((like / "model.json").read_text())
-    labels, layers = len(fields["labels"]), 2
+    labels = len(fields["labels"])
     spec = fields["input"]
     pixels = spec["channels"] * spec["height"] * spec["width"]
     rng = np.random.default_rng(0)
@@ -133,14 +123,4 @@ def write_slow_bundle(repo: Path, like: Path, name: str = "test-slow", extra_ite
              helper.make_node("MatMul", ["flat", "w_logits"], ["scores"]),
              helper.make_node("Add", ["scores", "nothing"], ["logits"]),
              helper.make_node("MatMul", ["flat", "w_stats"], ["rbn_stats"])]
-    graph = helper.make_graph(
-        nodes, name, [helper.make_tensor_value_info(spec["name"], f32,
-                                                    ["batch", spec["channels"], spec["height"], spec["width"]])],
-        [helper.make_tensor_value_info("logits", f32, ["batch", labels]),
-         helper.make_tensor_value_info("rbn_stats", f32, ["batch", layers])], weights)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    for key in ("onnx_sha256", "ood", "evaluation", "provenance", "baseline", "stats_channels"):
-        fields.pop(key, None)
-    fields.update(name=name, norm="bn", stats_layers=[f"layer{i}" for i in range(layers)])
-    return write_bundle(repo, fields, model.SerializeToString())
+    return write_graph_bundle(repo, name, fields, nodes, weights)
