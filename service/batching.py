@@ -4,7 +4,9 @@ Requests (each one or more images) queue per model; one dispatcher task forms ba
 ``max_batch_size`` images and hands each to a worker thread that runs ONNX Runtime. A batch goes
 as soon as it is full, or as soon as an inference slot is free and either the runtime is idle
 (nothing to wait for) or ``max_queue_delay`` has passed since its first request was taken. While
-every slot is busy the batch keeps filling. The queue is bounded in images: a request that does
+every slot is busy the batch keeps filling. A request that finds the batcher idle (nothing queued,
+every slot free) goes to a worker straight from ``submit``, without the dispatcher's wake-up in
+between: the same batch of one, sooner. The queue is bounded in images: a request that does
 not fit is refused at once (503 with Retry-After), memory never grows.
 
 Samples never mix: the graph computes each sample's statistics from that sample alone, so a
@@ -216,18 +218,28 @@ class Batcher:
             raise ClientGone("the client disconnected before its images were queued")
         if self._sample is None:
             self._sample = np.zeros_like(x[:1])
-        # registered before it is queued
         request = _Request(x, self._loop.create_future(), gone, requestid.current.get())
-        self._queue.append(request)
-        self.queued_images += n
-        self.pending += 1
-        self._wake.set()
+        self.pending += 1  # registered before it is queued
+        if self._idle():
+            # Nothing to batch with and every slot free: the dispatcher would send it alone at once
+            # anyway, so send it from here and spare a lone request the dispatcher's wake-up.
+            self._free -= 1
+            self._execute([request])
+        else:
+            self._queue.append(request)
+            self.queued_images += n
+            self._wake.set()
         try:
             return await request.future
         finally:
             self.pending -= 1
             if not request.future.done():  # our caller was cancelled: the dispatcher skips it
                 request.future.cancel()
+
+    def _idle(self) -> bool:
+        """No request waiting or forming, no batch running, and the dispatcher alive."""
+        return (self._free == self.instances and not self._queue and not self._forming
+                and self._task is not None and not self._task.done())
 
     async def stop(self, timeout_s: float = 30.0) -> None:
         """Refuse new requests, let queued and running batches finish for up to ``timeout_s``, then stop

@@ -76,16 +76,8 @@ class ModelRuntime:
                  intra_op_threads: int = 0, cuda_device: int = 0) -> None:
         self.meta = meta
         options = session_options(intra_op_threads)
-        try:
-            self.session = ort.InferenceSession(str(onnx_file), options, providers=provider_list(providers, cuda_device))
-        except ProviderError:
-            raise
-        except Exception as exc:  # onnxruntime raises its own unrelated exception types
-            raise BundleError(f"{meta.name}: ONNX Runtime cannot load the graph: {str(exc).splitlines()[0]}") from None
+        self.session = _load(meta, onnx_file, options, provider_list(providers, cuda_device))
         self.providers = self.session.get_providers()
-        # ORT's Python run() catches an execution-provider failure, switches the session to the CPU for
-        # good and retries, only printing it: `provider` would then be wrong. Let the failure surface.
-        self.session.disable_fallback()
         if providers == "cuda" and CUDA not in self.providers:
             raise ProviderError(f"{meta.name}: providers=cuda but the session runs on {self.providers}")
         if providers == "auto" and CUDA in ort.get_available_providers() and CUDA not in self.providers:
@@ -94,11 +86,24 @@ class ModelRuntime:
         check_io(self.session, meta)
         self.input_name = meta.input.name
         self.output_names = list(graph_outputs(meta))
+        # A batch of one image on a small graph runs faster on one thread than split across several:
+        # each parallel section wakes the other (sleeping, non-spinning) threads for a few microseconds
+        # of work. A second, one-thread session takes single images when warm_up measures it faster.
+        self.intra_op_threads = options.intra_op_num_threads
+        self._single: ort.InferenceSession | None = None
+        if self.provider == "cpu" and self.intra_op_threads > 1:
+            self._single = _load(meta, onnx_file, session_options(1), [CPU])
+
+    @property
+    def single_image_threads(self) -> int | None:
+        """ORT threads a batch of one image runs on, when that differs from larger batches."""
+        return 1 if self._single is not None else None
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
         """(N, C, H, W) float32 -> the graph's outputs in ``output_names`` order: logits (N, K),
         rbn_stats (N, L), then rbn_channel_stats (N, sum C) and ood_score (N, 1) where the bundle has them."""
-        return tuple(self.session.run(self.output_names, {self.input_name: x}))
+        session = self._single if len(x) == 1 and self._single is not None else self.session
+        return tuple(session.run(self.output_names, {self.input_name: x}))
 
     def warm_up(self, max_batch_size: int) -> float:
         """Run every batch size 1..max_batch_size once (allocations, kernels, cuDNN searches); seconds taken."""
@@ -114,7 +119,39 @@ class ModelRuntime:
             shapes = [o.shape for o in outputs]
             if shapes != [(n, *dims) for dims in graph_outputs(self.meta).values()]:
                 raise BundleError(f"{self.meta.name}: batch of {n} gave outputs of shapes {shapes}")
+        if self._single is not None:
+            self._keep_single_if_faster(zeros[:1])
         return time.perf_counter() - start
+
+    def _keep_single_if_faster(self, one: np.ndarray, rounds: int = 9) -> None:
+        """Time one image on both sessions, interleaved; drop the one-thread session unless its median wins."""
+        feeds = {self.input_name: one}
+        timings: dict[str, list[float]] = {"single": [], "shared": []}
+        for _ in range(rounds):
+            for name, session in (("single", self._single), ("shared", self.session)):
+                started = time.perf_counter()
+                session.run(self.output_names, feeds)
+                timings[name].append(time.perf_counter() - started)
+        single, shared = (float(np.median(timings[k])) * 1e3 for k in ("single", "shared"))
+        if single >= shared:
+            self._single = None
+        log.info("%s: one image takes %.3f ms on 1 thread, %.3f ms on %d; single images run on %s",
+                 self.meta.name, single, shared, self.intra_op_threads,
+                 "1 thread" if self._single is not None else "the shared session")
+
+
+def _load(meta: BundleMeta, onnx_file: str | os.PathLike, options: ort.SessionOptions,
+          providers: list) -> ort.InferenceSession:
+    try:
+        session = ort.InferenceSession(str(onnx_file), options, providers=providers)
+    except ProviderError:
+        raise
+    except Exception as exc:  # onnxruntime raises its own unrelated exception types
+        raise BundleError(f"{meta.name}: ONNX Runtime cannot load the graph: {str(exc).splitlines()[0]}") from None
+    # ORT's Python run() catches an execution-provider failure, switches the session to the CPU for
+    # good and retries, only printing it: `provider` would then be wrong. Let the failure surface.
+    session.disable_fallback()
+    return session
 
 
 def check_io(session: ort.InferenceSession, meta: BundleMeta) -> None:

@@ -81,6 +81,11 @@ def test_lone_request_runs_at_once_and_later_ones_coalesce():
             assert sums.shape == (n,) and (sums == 4 * n).all()  # each request got its own rows back
             assert result.queue_s >= 0 and result.infer_s >= 0
         assert results[1].batch_size == 6 and results[4].batch_size == 4
+        # idle again: the next lone request goes straight to a worker, and nothing is left counted as queued
+        gate.sizes.clear()
+        again = await batcher.submit(np.full((1, 2, 2), 5, np.float32))
+        assert gate.sizes == [1] and again.batch_size == 1 and (again.outputs[0] == 20).all()
+        assert (batcher.pending, batcher.queued_images, batcher.running) == (0, 0, 0)
         await batcher.stop(1)
 
     run(main())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import onnxruntime
 import pytest
@@ -22,6 +24,43 @@ def test_session_runs_and_warms_up(bundle_repo):
     assert runtime.output_names == ["logits", "rbn_stats", "rbn_channel_stats", "ood_score"]
     assert (logits.shape, stats.shape, channels.shape, score.shape) == ((3, 10), (3, 21), (3, 784), (3, 1))
     assert 1 <= default_threads() <= 8
+
+
+class Slowed:
+    """A session whose every run takes ``delay_s`` longer (to make one side of the comparison lose)."""
+
+    def __init__(self, session, delay_s: float) -> None:
+        self.session, self.delay_s = session, delay_s
+
+    def run(self, *args):
+        time.sleep(self.delay_s)
+        return self.session.run(*args)
+
+
+def test_single_images_run_on_one_thread_only_when_measured_faster(bundle_repo):
+    meta = read_meta(bundle_repo / RBN)
+    onnx_file = Bundle(meta, bundle_repo / RBN).onnx_file
+    assert ModelRuntime(meta, onnx_file, "cpu", intra_op_threads=1).single_image_threads is None  # nothing to split
+    x = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
+
+    runtime = ModelRuntime(meta, onnx_file, "cpu", intra_op_threads=2)
+    assert runtime.single_image_threads == 1
+    single = runtime.run(x[:1])
+    shared = runtime.session.run(runtime.output_names, {runtime.input_name: x[:1]})
+    batched = runtime.run(x)
+    for one, other, in_batch in zip(single, shared, batched, strict=True):
+        np.testing.assert_allclose(one, other, rtol=1e-5, atol=1e-6)  # the same answer from either session
+        np.testing.assert_allclose(one, in_batch[:1], rtol=1e-4, atol=1e-5)
+
+    runtime._single = Slowed(runtime._single, 0.005)  # one thread made slower: warm-up drops it
+    runtime.warm_up(2)
+    assert runtime.single_image_threads is None and runtime._single is None
+    np.testing.assert_allclose(runtime.run(x[:1])[0], single[0], rtol=1e-5, atol=1e-6)
+
+    runtime = ModelRuntime(meta, onnx_file, "cpu", intra_op_threads=2)
+    runtime.session = Slowed(runtime.session, 0.005)  # the shared session made slower: warm-up keeps one thread
+    runtime.warm_up(2)
+    assert runtime.single_image_threads == 1
 
 
 @pytest.mark.parametrize(("cpus", "threads"), [(1, 1), (2, 2), (3, 2), (4, 3), (16, 8), (64, 8)])
