@@ -59,7 +59,7 @@ ONE_THREAD = {"PEER_INTRA_OP_THREADS": "1"}
 
 PEERS: dict[str, Peer] = {p.name: p for p in (
     Peer("rbn-serve", None, "raw", "/predict", "/readyz", (
-        Setting("defaults", why="as shipped: batches of up to 32, 2 ms queue delay, 2 ONNX Runtime threads"),
+        Setting("defaults", why="as shipped: batches of up to 32, 2 ms queue delay, 2 ONNX Runtime threads (1 for a lone image)"),
     ), docs="README: `rbn-serve serve`; one process, its own dynamic batcher"),
     Peer("bentoml", "bentoml", "multipart", "/predict", "/readyz", (
         Setting("1 worker, batch 32, 1 s SLO", env={"PEER_WORKERS": "1", "PEER_MAX_BATCH_SIZE": "32",
