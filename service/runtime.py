@@ -102,7 +102,8 @@ class ModelRuntime:
     def run(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
         """(N, C, H, W) float32 -> the graph's outputs in ``output_names`` order: logits (N, K),
         rbn_stats (N, L), then rbn_channel_stats (N, sum C) and ood_score (N, 1) where the bundle has them."""
-        session = self._single if len(x) == 1 and self._single is not None else self.session
+        single = self._single  # read once: warm_up may drop it while another thread runs
+        session = single if len(x) == 1 and single is not None else self.session
         return tuple(session.run(self.output_names, {self.input_name: x}))
 
     def warm_up(self, max_batch_size: int) -> float:
