@@ -86,18 +86,20 @@ class Row:
 
 
 class Wrk:
-    def __init__(self, executable: str, threads: int, body: Path, content_type: str) -> None:
+    def __init__(self, executable: str, threads: int, body: Path, content_type: str,
+                 script_env: dict[str, str] | None = None) -> None:
         self.executable = executable
         self.threads = threads
         self.body = body
         self.content_type = content_type
+        self.script_env = script_env or {}  # more variables for the Lua script (wrk_peer.lua's EXTRA_HEADERS)
 
     def run(self, url: str, concurrency: int, seconds: int, script: Path = WRK_POST, max_requests: int = 0) -> Load:
         threads = max(1, min(self.threads, concurrency))
         args = [self.executable, f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--latency", "--timeout", "30s",
                 "-s", str(script), url]
         env = {**os.environ, "BODY_FILE": str(self.body), "CONTENT_TYPE": self.content_type,
-               "MAX_REQUESTS": str(max_requests)}
+               "MAX_REQUESTS": str(max_requests), **self.script_env}
         done = bounded_run(args, timeout=seconds + 60, env=env)
         line = next((ln for ln in done.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
         if done.returncode != 0 or line is None:

@@ -23,7 +23,6 @@ Servers run from this checkout on 127.0.0.1 ephemeral ports; every subprocess is
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import math
 import os
@@ -61,20 +60,6 @@ from bench.serve_bench import Load, Wrk, wrk_version  # noqa: E402
 WRK_PEER = ROOT / "bench" / "peers" / "wrk_peer.lua"
 BEGIN, END = "<!-- peers:begin -->", "<!-- peers:end -->"
 TRAINING = r"bin/rbn (train|finetune)"
-
-
-@contextlib.contextmanager
-def extra_headers(headers: dict[str, str]):
-    """Hand the request's headers other than Content-Type to wrk_peer.lua (EXTRA_HEADERS) while inside."""
-    before = os.environ.get("EXTRA_HEADERS")
-    os.environ["EXTRA_HEADERS"] = "|".join(f"{k}: {v}" for k, v in headers.items() if k != "Content-Type")
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("EXTRA_HEADERS", None)
-        else:
-            os.environ["EXTRA_HEADERS"] = before
 
 
 @dataclass(frozen=True)
@@ -220,13 +205,15 @@ class Runner:
         body_file = self.log_dir / f"body-{peer.framing}.bin"
         body_file.write_bytes(request.body)
         url = server.url + peer.path
-        client = Wrk(self.args.wrk, self.args.wrk_threads, body_file, request.headers["Content-Type"])
-        with extra_headers(request.headers):
-            if warmup > 0:
-                client.run(url, concurrency, warmup, WRK_PEER)
-            before = cpu_seconds(server.pid)
-            load = client.run(url, concurrency, duration, WRK_PEER)
-            cpu = cpu_per_request(before, cpu_seconds(server.pid), load.requests)
+        # wrk_peer.lua adds the headers other than Content-Type that some framings need
+        extra = "|".join(f"{k}: {v}" for k, v in request.headers.items() if k != "Content-Type")
+        client = Wrk(self.args.wrk, self.args.wrk_threads, body_file, request.headers["Content-Type"],
+                     script_env={"EXTRA_HEADERS": extra})
+        if warmup > 0:
+            client.run(url, concurrency, warmup, WRK_PEER)
+        before = cpu_seconds(server.pid)
+        load = client.run(url, concurrency, duration, WRK_PEER)
+        cpu = cpu_per_request(before, cpu_seconds(server.pid), load.requests)
         rss, pss = memory_mb(server.pid)
         progress(f"{peer.name} c={concurrency}: {load.per_s:.0f} req/s, p50 {load.p50_ms:.2f} ms, p99 "
                  f"{load.p99_ms:.2f} ms, errors {load.errors}, RSS {rss:.0f} MB, PSS {pss:.0f} MB, "
