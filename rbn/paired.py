@@ -149,7 +149,9 @@ def paired_difference(rbn: list[Correctness], bn: list[Correctness], quantity: s
     """RBN minus BN (points) on ``quantity`` for models paired by seed (both lists sorted by seed)."""
     if [c.seed for c in rbn] != [c.seed for c in bn]:
         raise ValueError(f"unpaired seeds: rbn {[c.seed for c in rbn]}, bn {[c.seed for c in bn]}")
-    diffs = np.stack([_per_image(r, quantity) - _per_image(b, quantity) for r, b in zip(rbn, bn, strict=True)])  # (S, n)
+    rbn_images = np.stack([_per_image(c, quantity) for c in rbn])  # (S, n)
+    bn_images = np.stack([_per_image(c, quantity) for c in bn])
+    diffs = rbn_images - bn_images
     per_seed = diffs.mean(axis=1) * 100
     estimate = float(per_seed.mean())
     rng = np.random.default_rng(seed)
@@ -158,10 +160,8 @@ def paired_difference(rbn: list[Correctness], bn: list[Correctness], quantity: s
     over_images = _percentile_interval(estimate, by_seed.mean(axis=1), level)
     seed_draws = rng.integers(0, len(per_seed), size=(draws, len(per_seed)))
     both = np.take_along_axis(by_seed, seed_draws, axis=1).mean(axis=1)
-    rbn_means = np.array([_per_image(c, quantity).mean() for c in rbn]) * 100
-    bn_means = np.array([_per_image(c, quantity).mean() for c in bn]) * 100
     return PairedDifference(quantity, [round(float(v), 4) for v in per_seed], t_interval(per_seed, level),
-                            welch_interval(rbn_means, bn_means, level), over_images,
+                            welch_interval(rbn_images.mean(axis=1) * 100, bn_images.mean(axis=1) * 100, level), over_images,
                             _percentile_interval(estimate, both, level))
 
 
