@@ -36,8 +36,7 @@ def storm(i):
         began = time.monotonic()
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-                s.sendall(head + body)
-                pass  # gives up at once, as a client whose timeout passed while it queued
+                s.sendall(head + body)  # then gives up at once, as a client whose timeout passed while it queued
             sent[i] += 1
         except OSError:
             pass

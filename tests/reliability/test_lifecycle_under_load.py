@@ -9,7 +9,6 @@ import signal
 import time
 
 import httpx
-import pytest
 
 from tests.reliability.rel_support import SAMPLE, SAMPLE_LABEL, Server, free_port
 
