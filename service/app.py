@@ -34,8 +34,8 @@ Errors on our routes are `{"error": {"code", "message"}}`; on `/v2` routes `{"er
 """
 
 
-def create_app(settings: Settings) -> FastAPI:
-    metrics = Metrics()
+def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
+    metrics = metrics or Metrics()
     state = ServiceState(settings, metrics)
 
     @asynccontextmanager

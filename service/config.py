@@ -41,12 +41,17 @@ class Settings(BaseSettings):
     """Log every HTTP request (costs time on the hot path)."""
     listen_backlog: int = Field(2048, ge=1)
     """Connections the kernel queues before the server accepts them (listen(2) backlog)."""
+    workers: int = Field(1, ge=1, le=64)
+    """Server processes sharing the port, each with its own models, batcher and event loop (every limit is per
+    worker); /metrics sums them all. More than 1 lets HTTP work use several cores (BENCHMARKS.md); on a GPU
+    every worker holds its own copy of the models in GPU memory."""
 
     # --- ONNX Runtime -----------------------------------------------------------------------
     providers: Literal["auto", "cuda", "cpu"] = "auto"
     """auto: CUDA when available, else CPU; cuda: CUDA or fail at start-up; cpu: CPU only."""
     intra_op_threads: int = Field(0, ge=0)
-    """ONNX Runtime threads per inference; 0 picks all CPUs on 1-2, else min(8, CPUs - 1) (one core left to the HTTP loop)."""
+    """ONNX Runtime threads per inference; 0 picks all CPUs on 1-2, else min(8, CPUs - 1) (one core left to the HTTP loop),
+    counting each worker's share of the CPUs (CPUs / workers)."""
     cuda_device: int = Field(0, ge=0)
     """GPU index used by the CUDA provider."""
 

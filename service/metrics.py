@@ -1,16 +1,27 @@
-"""Prometheus metrics: one registry per app, every name prefixed ``rbn_serve_``, labels from small fixed sets."""
+"""Prometheus metrics: one registry per app, every name prefixed ``rbn_serve_``, labels from small fixed sets.
+
+With ``--workers N`` (``service.workers``) every worker process keeps its values in a shared folder
+(prometheus_client's multiprocess mode) and ``/metrics``, whichever worker answers it, sums them all:
+counters and histograms over every worker that ever ran, live gauges over the workers alive now.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import platform
+import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import onnxruntime
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import values as prometheus_values
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.gc_collector import GCCollector
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
@@ -24,6 +35,15 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SCORE_BUCKETS = (-2.0, -1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 25.0)
 NO_CORRUPTION = "none"
+SHARED_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # where prometheus_client's multiprocess values live
+LIVE_REFRESH_S = 1.0  # how often a worker publishes its live gauges to the shared folder
+
+
+def share_between_processes(folder: Path) -> None:
+    """Make every metric created from now on in this process keep its value in ``folder``, for the
+    other workers' ``/metrics`` to read. Call once per worker process, before ``Metrics``."""
+    os.environ[SHARED_DIR_ENV] = str(folder)
+    prometheus_values.ValueClass = prometheus_values.MultiProcessValue()
 
 
 def status_class(status: int) -> str:
@@ -31,14 +51,21 @@ def status_class(status: int) -> str:
 
 
 class Metrics:
-    """Every metric of the service, registered in its own ``CollectorRegistry``."""
+    """Every metric of the service, registered in its own ``CollectorRegistry``.
 
-    def __init__(self) -> None:
+    ``shared_dir``: this process is one of several workers (``share_between_processes`` was called);
+    the exposition is then every worker's values summed. The process and GC collectors describe one
+    process only, so a worker leaves them out rather than report whichever worker a scrape reached."""
+
+    def __init__(self, shared_dir: Path | None = None) -> None:
         disable_created_metrics()  # no *_created series: they double the exposition and nobody graphs them
+        self.shared_dir = shared_dir
+        self._gpu: _GpuCollector | None = None
         r = self.registry = CollectorRegistry()
-        ProcessCollector(registry=r)
+        if shared_dir is None:
+            ProcessCollector(registry=r)
+            GCCollector(registry=r)
         PlatformCollector(registry=r)
-        GCCollector(registry=r)
 
         def name(n: str) -> str:
             return f"{PREFIX}_{n}"
@@ -70,12 +97,14 @@ class Metrics:
                               ["model", "baseline", "agree"], registry=r)
         self.shadow_dropped = Counter(name("shadow_dropped"), "Shadow runs skipped (baseline queue full or failed)",
                                       ["model", "reason"], registry=r)
+        # Across workers (multiprocess_mode, ignored in one process): the largest value among the live ones.
         self.model_info = Gauge(name("model_info"), "Loaded models (value 1)",
-                                ["model", "version", "norm", "provider", "baseline"], registry=r)
-        self.bundle_errors = Gauge(name("bundle_errors"), "Bundles in the repository that are not served", registry=r)
+                                ["model", "version", "norm", "provider", "baseline"], registry=r, multiprocess_mode="livemax")
+        self.bundle_errors = Gauge(name("bundle_errors"), "Bundles in the repository that are not served", registry=r,
+                                   multiprocess_mode="livemax")
         # The usual *_build_info pattern: value 1, what is running in the labels (pyproject's version).
         self.build_info = Gauge(name("build_info"), "Version of rbn-serve, Python and ONNX Runtime (value 1)",
-                                ["version", "python", "onnxruntime"], registry=r)
+                                ["version", "python", "onnxruntime"], registry=r, multiprocess_mode="livemax")
         self.build_info.labels(package_version(), platform.python_version(), onnxruntime.__version__).set(1)
         self._request_children: dict[tuple[str, str, int], tuple] = {}
         self._prediction_children: dict[tuple[str, str], tuple] = {}
@@ -125,10 +154,22 @@ class Metrics:
         return observe
 
     def expose(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.shared_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(self.shared_dir))
+        PlatformCollector(registry=registry)
+        if self._gpu is not None:  # per GPU, not per process: any worker's reading is the reading
+            registry.register(self._gpu)
+        return generate_latest(registry)
 
     def register_live(self, read: Callable[[], LiveState]) -> None:
-        self.registry.register(_LiveCollector(read))
+        """Gauges read from ``read()``: at scrape time in one process; with workers, published by each
+        worker every ``LIVE_REFRESH_S`` (a scrape reaches one worker and must see them all)."""
+        if self.shared_dir is None:
+            self.registry.register(_LiveCollector(read))
+        else:
+            _LiveGauges(read, self.registry).start()
 
     def register_gpu(self) -> bool:
         """GPU utilisation and memory through NVML; False (and no metrics) when NVML is unavailable."""
@@ -138,6 +179,7 @@ class Metrics:
             log.warning("GPU metrics off: %s", exc)
             return False
         self.registry.register(collector)
+        self._gpu = collector
         return True
 
 
@@ -169,6 +211,42 @@ class _LiveCollector:
             running.add_metric([model], busy)
         yield depth
         yield running
+
+
+class _LiveGauges:
+    """The live gauges of one worker, published from a daemon thread (so they stay current while the
+    event loop is busy). ``ready`` is the minimum over the workers: 1 only when every worker is ready."""
+
+    def __init__(self, read: Callable[[], LiveState], registry: CollectorRegistry) -> None:
+        self._read = read
+        self.ready = Gauge(f"{PREFIX}_ready", "1 when models are loaded and warm and the server is not draining",
+                           registry=registry, multiprocess_mode="livemin")
+        self.in_flight = Gauge(f"{PREFIX}_requests_in_flight", "HTTP requests being handled", registry=registry,
+                               multiprocess_mode="livesum")
+        self.depth = Gauge(f"{PREFIX}_queue_depth", "Images waiting in the batch queue", ["model"], registry=registry,
+                           multiprocess_mode="livesum")
+        self.running = Gauge(f"{PREFIX}_batches_in_flight", "Batches running in ONNX Runtime", ["model"],
+                             registry=registry, multiprocess_mode="livesum")
+
+    def start(self) -> None:
+        self.publish()
+        threading.Thread(target=self._run, name="live-metrics", daemon=True).start()
+
+    def publish(self) -> None:
+        state = self._read()
+        self.ready.set(int(state.ready))
+        self.in_flight.set(state.in_flight)
+        for model, (queued, busy) in state.queues.items():
+            self.depth.labels(model).set(queued)
+            self.running.labels(model).set(busy)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(LIVE_REFRESH_S)
+            try:
+                self.publish()
+            except Exception:  # noqa: BLE001 - e.g. the models dict changing while read: next tick
+                log.debug("live metrics not published this tick", exc_info=True)
 
 
 class _GpuCollector:

@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import threading
 from types import FrameType
 
@@ -20,6 +21,7 @@ from service.app import create_app
 from service.auth import KeyConfigError
 from service.config import Settings
 from service.connections import guarded_protocol
+from service.metrics import Metrics
 from service.middleware import UNMATCHED
 from service.state import ServiceState, StartupError
 
@@ -62,9 +64,19 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(settings: Settings) -> int:
-    """Serve until SIGTERM/SIGINT; returns the process exit code."""
+    """Serve until SIGTERM/SIGINT; returns the process exit code. With ``workers`` > 1 this process
+    binds the port and supervises that many worker processes (``service.workers``)."""
+    if settings.workers > 1:
+        from service.workers import Supervisor
+
+        return Supervisor(settings, serve_worker).run()
+    return serve_worker(settings)
+
+
+def serve_worker(settings: Settings, sock: socket.socket | None = None, metrics: Metrics | None = None) -> int:
+    """One server process: on ``sock`` when a supervisor bound it, else on settings.host:port."""
     try:
-        app = create_app(settings)
+        app = create_app(settings, metrics)
     except KeyConfigError as exc:
         log.critical("cannot start: %s", exc)
         return 1
@@ -90,7 +102,7 @@ def serve(settings: Settings) -> int:
     )
     app.state.service.on_ready = settle_heap
     server = DrainingServer(config, app.state.service, settings.drain_delay_s)
-    server.run()
+    server.run(sockets=[sock] if sock is not None else None)
     code = 1 if server.failed or not server.started else 0
     unfinished = app.state.service.unfinished()
     if unfinished:

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-from svc_support import RBN, free_port
+from svc_support import RBN, SAMPLES, ServiceProcess, free_port
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 
 
-@pytest.fixture
-def prometheus(server, tmp_path):
+@contextmanager
+def running_prometheus(target_url: str, tmp_path: Path) -> Iterator[str]:
+    """A real Prometheus scraping ``target_url`` every second; yields its own URL."""
     if not PROMETHEUS.exists():
         pytest.fail("Debian's prometheus package is not installed (apt-get install -y prometheus); ./run.sh test installs it",
                     pytrace=False)
-    target = server.url.removeprefix("http://")
+    target = target_url.removeprefix("http://")
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
@@ -31,10 +34,18 @@ def prometheus(server, tmp_path):
          f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
         stdout=log, stderr=subprocess.STDOUT,
     )
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(20)
-    log.close()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        log.close()
+
+
+@pytest.fixture
+def prometheus(server, tmp_path):
+    with running_prometheus(server.url, tmp_path) as url:
+        yield url
 
 
 def query(url: str, promql: str) -> list[dict]:
@@ -78,3 +89,22 @@ def test_prometheus_scrapes_service_series(client, prometheus, fmnist_samples):
     latency = wait_for(prometheus, p50)
     assert latency  # the histogram is queryable
     assert wait_for(prometheus, f'rbn_serve_model_info{{model="{RBN}",provider="cpu"}}')
+
+
+def test_prometheus_sees_every_worker_summed(served_repo, tmp_path):
+    """With --workers 2 each scrape reaches one worker; the series must still count every request."""
+    server = ServiceProcess(served_repo, tmp_path / "server.log", workers=2).wait_ready()
+    try:
+        image = (SAMPLES / "fashion-mnist" / "0_ankle-boot.png").read_bytes()
+        for _ in range(20):  # a connection each: the kernel hands them to either worker
+            with httpx.Client(timeout=30) as one:
+                r = one.post(server.url + "/predict", content=image, headers={"Content-Type": "image/png"})
+                assert r.status_code == 200
+        with running_prometheus(server.url, tmp_path) as url:
+            series = f'rbn_serve_requests_total{{route="/predict",model="{RBN}",status="2xx"}}'
+            found = wait_for(url, series)
+            assert len(found) == 1 and float(found[0]["value"][1]) == 20
+            assert wait_for(url, "rbn_serve_ready == 1")  # the minimum over the workers: both are ready
+            assert len(wait_for(url, f'rbn_serve_model_info{{model="{RBN}"}}')) == 1
+    finally:
+        assert server.stop() == 0
