@@ -24,6 +24,10 @@ def test_merge_and_split_are_inverse():
         assert a.shape == (parts[i].shape[0], 2) and (a == 10 * i).all() and (b == i).all()
     with pytest.raises(ValueError):
         split(outputs, [1, 1])
+    (alone,) = split(outputs, [6])
+    assert all(a is b for a, b in zip(alone, outputs, strict=True))  # a lone request's outputs are not sliced
+    with pytest.raises(ValueError):
+        split(outputs, [5])
 
 
 class Gate:
