@@ -210,7 +210,7 @@ def python_env(extra: dict | None = None, root: Path = ROOT) -> dict:
 
 
 # --- pausing a background job (e.g. training) while measuring ----------------------------------
-def _process_tree(pid: int) -> list[int]:
+def process_tree(pid: int) -> list[int]:
     """``pid`` and its descendants (from /proc), parents first."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -252,7 +252,7 @@ class Paused:
         for root in self.roots:
             if not Path(f"/proc/{root}").exists():
                 raise ProcessLookupError(f"--pause-pid {root}: no such process")
-        targets = [p for root in self.roots for p in _process_tree(root)]
+        targets = [p for root in self.roots for p in process_tree(root)]
         me = os.getpid()
         watch = (f"while s=$(awk '{{print $3}}' /proc/{me}/stat 2>/dev/null) && [ \"$s\" != Z ]; do sleep 1; done; "
                  f"kill -CONT {' '.join(map(str, targets))} 2>/dev/null")

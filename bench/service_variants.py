@@ -3,8 +3,9 @@
 For each round and each variant, in turn: start the service with the variant's flags, warm up,
 drive it with wrk (raw-body POST of one sample image to ``--route``) for a fixed time while reading
 the CPU time of its threads from /proc, stop it. Prints a Markdown table of medians over the
-rounds: req/s, p99, CPU of the event-loop thread per request (the process's main thread) and the
-CPU of all its other threads (ONNX Runtime's workers, idle decode threads) in cores. Interleaving
+rounds: req/s, p99, CPU of the event-loop thread per request (the process's main thread; with
+``--workers``, every worker's main thread summed) and the CPU of all its other threads (ONNX
+Runtime's workers, idle decode threads) in cores. Interleaving
 the variants, in an order that rotates from round to round, is what makes a comparison on a
 noisy machine fair.
 
@@ -29,7 +30,7 @@ from pathlib import Path
 
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import ROOT, SAMPLE_PNG, emit, exit_on_sigterm, header, parse_ints, progress  # noqa: E402
+from bench.common import ROOT, SAMPLE_PNG, process_tree, emit, exit_on_sigterm, header, parse_ints, progress  # noqa: E402
 from bench.serve_bench import Wrk, start_service, wrk_version  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -65,14 +66,19 @@ def parse_variant(text: str) -> Variant:
 
 
 def thread_cpu_s(pid: int) -> dict[int, float]:
-    """CPU seconds (user + system) of every thread of ``pid``."""
+    """CPU seconds (user + system) of every thread of ``pid`` and of its child processes (``--workers``)."""
     times = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    for process in process_tree(pid):
         try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # a thread that just ended
-        times[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+            tasks = list(Path(f"/proc/{process}/task").iterdir())
+        except FileNotFoundError:
+            continue  # a process that just ended
+        for task in tasks:
+            try:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # a thread that just ended
+            times[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
     return times
 
 
@@ -86,10 +92,12 @@ def measure(variant: Variant, wrk: Wrk, repository: Path, route: str, concurrenc
         before, t0 = thread_cpu_s(server.pid), time.monotonic()
         load = wrk.run(url, concurrency, duration)
         after, wall = thread_cpu_s(server.pid), time.monotonic() - t0
+        processes = process_tree(server.pid)
     finally:
         server.stop()
     used = {tid: after[tid] - before.get(tid, 0.0) for tid in after}
-    loop = used.pop(server.pid, 0.0)
+    # the event loops: the main thread of each process (one, or each worker's; a supervisor's is idle)
+    loop = sum(used.pop(process, 0.0) for process in processes)
     return Sample(load.per_s, load.p99_ms, 1000 * loop / max(1, load.requests), sum(used.values()) / wall,
                   load.errors + load.non_2xx)
 

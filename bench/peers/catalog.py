@@ -60,7 +60,10 @@ ONE_THREAD = {"PEER_INTRA_OP_THREADS": "1"}
 PEERS: dict[str, Peer] = {p.name: p for p in (
     Peer("rbn-serve", None, "raw", "/predict", "/readyz", (
         Setting("defaults", why="as shipped: batches of up to 32, 2 ms queue delay, 2 ONNX Runtime threads (1 for a lone image)"),
-    ), docs="README: `rbn-serve serve`; one process, its own dynamic batcher"),
+        Setting("2 workers", ("--workers", "2"),
+                why="one process per core (README: `--workers`), each with its own batcher and 1 ONNX Runtime "
+                    "thread (its share of the CPUs): HTTP work on both cores, as KServe's --workers"),
+    ), docs="README: `rbn-serve serve`; its own dynamic batcher, one process or `--workers` processes on one port"),
     Peer("bentoml", "bentoml", "multipart", "/predict", "/readyz", (
         Setting("1 worker, batch 32, 1 s SLO", env={"PEER_WORKERS": "1", "PEER_MAX_BATCH_SIZE": "32",
                                                     "PEER_MAX_LATENCY_MS": "1000"},
@@ -85,7 +88,7 @@ PEERS: dict[str, Peer] = {p.name: p for p in (
     ), docs="Ray Serve dynamic request batching and performance guides: `@serve.batch`, max_ongoing_requests, replicas"),
     Peer("kserve", "kserve", "b64json", "/v1/models/rbn:predict", "/v1/models/rbn", (
         Setting("1 worker", ("--workers", "1"),
-                why="KServe's default: one uvicorn process, synchronous predict in its thread pool"),
+                why="KServe's default: one uvicorn process; a synchronous predict runs on its event loop (kserve/model.py calls it directly)"),
         Setting("2 workers", ("--workers", "2", "--intra-op-threads", "1"),
                 why="KServe's --workers for CPU-bound models: one process per core, 1 ORT thread each"),
     ), docs="KServe custom Python model server docs: `kserve.Model` + `ModelServer`, `--workers`; no in-process batching"),

@@ -114,6 +114,7 @@ def test_peers_harness_end_to_end(tmp_path):
         positive(row["rbn-serve / peer: p50"])
     tuning = table(text, "peer")
     assert [(r["peer"], r["setting"]) for r in tuning] == [
+        ("rbn-serve", "defaults"), ("rbn-serve", "2 workers"),  # --workers 2 runs through the harness too
         ("bentoml", "1 worker, batch 32, 1 s SLO"), ("bentoml", "1 worker, batch 64, 60 s SLO")]
     for row in tuning:
         positive(row["req/s at 4"])
