@@ -2,7 +2,7 @@
 
 Why: one process has one event loop, so its HTTP work (parsing, routing, JSON, metrics) is serial
 and, on a small machine, leaves cores idle while it waits; several processes do that work in
-parallel (BENCHMARKS.md, "Workers"). Each worker is a whole server: its own models, batcher, event
+parallel (BENCHMARKS.md, "`--workers 2` against one process"). Each worker is a whole server: its own models, batcher, event
 loop and limits. The cost is memory (every worker holds the models; on a GPU, GPU memory too) and
 batching per worker rather than across them.
 
@@ -54,7 +54,7 @@ ServeWorker = Callable[[Settings, socket.socket, Metrics], int]
 
 
 def listen(host: str, port: int, backlog: int) -> socket.socket:
-    """A listening TCP socket the workers inherit (port 0: the kernel picks one)."""
+    """A listening TCP socket the forked workers share (port 0: the kernel picks one)."""
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                          flags=socket.AI_PASSIVE)[0]
     sock = socket.socket(family, kind, proto)
@@ -65,7 +65,6 @@ def listen(host: str, port: int, backlog: int) -> socket.socket:
     except OSError:
         sock.close()
         raise
-    sock.set_inheritable(True)
     return sock
 
 
@@ -78,12 +77,13 @@ def worker_settings(settings: Settings) -> Settings:
 
 
 class Supervisor:
+    """The parent process of ``--workers``: listens, forks the workers, replaces the dead, stops them all."""
+
     def __init__(self, settings: Settings, serve_worker: ServeWorker) -> None:
         self.settings = settings
         self.serve_worker = serve_worker
         self.children: dict[int, int] = {}  # pid -> worker index
         self.stopping = False
-        self._signals = 0
         self._deaths: deque[float] = deque()
 
     def run(self) -> int:
@@ -114,7 +114,6 @@ class Supervisor:
 
     # --- parent -----------------------------------------------------------------------------
     def _on_signal(self, sig: int, frame) -> None:
-        self._signals += 1
         if not self.stopping:
             self.stopping = True
             log.info("signal %s: stopping %d worker(s)", signal.Signals(sig).name, len(self.children))
