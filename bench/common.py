@@ -26,6 +26,7 @@ import numpy as np
 
 from tests import procs
 from tests.procs import free_port  # noqa: F401 - the scripts import it from here
+from tests.procs import process_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_PNG = ROOT / "samples" / "fashion-mnist" / "0_ankle-boot.png"
@@ -210,23 +211,6 @@ def python_env(extra: dict | None = None, root: Path = ROOT) -> dict:
 
 
 # --- pausing a background job (e.g. training) while measuring ----------------------------------
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (from /proc), parents first."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    order, todo = [], [pid]
-    while todo:
-        p = todo.pop(0)
-        order.append(p)
-        todo.extend(children.get(p, []))
-    return order
-
-
 def _state(pid: int) -> str:
     """The process state letter from /proc/<pid>/stat ('' when it is gone)."""
     try:

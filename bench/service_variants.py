@@ -5,9 +5,8 @@ drive it with wrk (raw-body POST of one sample image to ``--route``) for a fixed
 the CPU time of its threads from /proc, stop it. Prints a Markdown table of medians over the
 rounds: req/s, p99, CPU of the event-loop thread per request (the process's main thread; with
 ``--workers``, every worker's main thread summed) and the CPU of all its other threads (ONNX
-Runtime's workers, idle decode threads) in cores. Interleaving
-the variants, in an order that rotates from round to round, is what makes a comparison on a
-noisy machine fair.
+Runtime's workers, idle decode threads) in cores. Interleaving the variants, in an order that
+rotates from round to round, is what makes a comparison on a noisy machine fair.
 
     python bench/service_variants.py --variant "1 thread=--intra-op-threads 1" \\
         --variant "2 threads=--intra-op-threads 2" --concurrency 4,16,64 --rounds 2

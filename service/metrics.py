@@ -191,6 +191,16 @@ class LiveState:
         self.in_flight = in_flight
         self.queues = queues  # model -> (images queued, batches running)
 
+    def series(self) -> list[tuple[str, str, list[str], list[tuple[list[str], float]]]]:
+        """Every live gauge: (name without prefix, help, label names, [(label values, value)])."""
+        queues = self.queues.items()
+        return [
+            ("ready", "1 when models are loaded and warm and the server is not draining", [], [([], int(self.ready))]),
+            ("requests_in_flight", "HTTP requests being handled", [], [([], self.in_flight)]),
+            ("queue_depth", "Images waiting in the batch queue", ["model"], [([m], q) for m, (q, _) in queues]),
+            ("batches_in_flight", "Batches running in ONNX Runtime", ["model"], [([m], b) for m, (_, b) in queues]),
+        ]
+
 
 class _LiveCollector:
     def __init__(self, read: Callable[[], LiveState]) -> None:
@@ -200,45 +210,35 @@ class _LiveCollector:
         return []
 
     def collect(self):
-        state = self._read()
-        yield GaugeMetricFamily(f"{PREFIX}_ready", "1 when models are loaded and warm and the server is not draining",
-                                value=int(state.ready))
-        yield GaugeMetricFamily(f"{PREFIX}_requests_in_flight", "HTTP requests being handled", value=state.in_flight)
-        depth = GaugeMetricFamily(f"{PREFIX}_queue_depth", "Images waiting in the batch queue", labels=["model"])
-        running = GaugeMetricFamily(f"{PREFIX}_batches_in_flight", "Batches running in ONNX Runtime", labels=["model"])
-        for model, (queued, busy) in state.queues.items():
-            depth.add_metric([model], queued)
-            running.add_metric([model], busy)
-        yield depth
-        yield running
+        for name, doc, labels, values in self._read().series():
+            family = GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=labels)
+            for label_values, value in values:
+                family.add_metric(label_values, value)
+            yield family
 
 
 class _LiveGauges:
     """The live gauges of one worker, published from a daemon thread (so they stay current while the
-    event loop is busy). ``ready`` is the minimum over the workers: 1 only when every worker is ready."""
+    event loop is busy). Summed over the live workers, except ``ready``: the minimum, 1 only when every
+    worker is ready."""
 
     def __init__(self, read: Callable[[], LiveState], registry: CollectorRegistry) -> None:
         self._read = read
-        self.ready = Gauge(f"{PREFIX}_ready", "1 when models are loaded and warm and the server is not draining",
-                           registry=registry, multiprocess_mode="livemin")
-        self.in_flight = Gauge(f"{PREFIX}_requests_in_flight", "HTTP requests being handled", registry=registry,
-                               multiprocess_mode="livesum")
-        self.depth = Gauge(f"{PREFIX}_queue_depth", "Images waiting in the batch queue", ["model"], registry=registry,
-                           multiprocess_mode="livesum")
-        self.running = Gauge(f"{PREFIX}_batches_in_flight", "Batches running in ONNX Runtime", ["model"],
-                             registry=registry, multiprocess_mode="livesum")
+        self._gauges = {
+            name: Gauge(f"{PREFIX}_{name}", doc, labels, registry=registry,
+                        multiprocess_mode="livemin" if name == "ready" else "livesum")
+            for name, doc, labels, _ in read().series()
+        }
 
     def start(self) -> None:
         self.publish()
         threading.Thread(target=self._run, name="live-metrics", daemon=True).start()
 
     def publish(self) -> None:
-        state = self._read()
-        self.ready.set(int(state.ready))
-        self.in_flight.set(state.in_flight)
-        for model, (queued, busy) in state.queues.items():
-            self.depth.labels(model).set(queued)
-            self.running.labels(model).set(busy)
+        for name, _, _, values in self._read().series():
+            gauge = self._gauges[name]
+            for label_values, value in values:
+                (gauge.labels(*label_values) if label_values else gauge).set(value)
 
     def _run(self) -> None:
         while True:

@@ -23,6 +23,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (from /proc), parents first."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    order, todo = [], [pid]
+    while todo:
+        p = todo.pop(0)
+        order.append(p)
+        todo.extend(children.get(p, []))
+    return order
+
+
 def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None,
          timeout: float = 30.0) -> tuple[int, bytes]:
     """One request through the standard library: (status, body), error statuses included.

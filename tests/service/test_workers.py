@@ -19,21 +19,14 @@ from svc_support import RBN, ROOT, ServiceProcess
 
 from service.config import Settings
 from service.workers import worker_settings
+from tests.procs import process_tree
 
 SAMPLE = (ROOT / "samples" / "fashion-mnist" / "0_ankle-boot.png").read_bytes()
 
 
 def children(pid: int) -> set[int]:
-    """The processes whose parent is ``pid``."""
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.add(int(stat.parent.name))
-    return found
+    """The worker processes of the supervisor ``pid``."""
+    return set(process_tree(pid)[1:])
 
 
 def wait_for(check, timeout: float, what: str):
