@@ -1,5 +1,5 @@
 """Shared pieces of the benchmark scripts: the machine and versions block, the command line,
-server subprocesses that cannot outlive the benchmark (on tests/procs.py), and pausing a background job.
+server subprocesses that cannot outlive the benchmark (on harness/procs.py), and pausing a background job.
 
 Standard library only (plus numpy), so every script, the GPU one included, can import it.
 """
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tests import procs
-from tests.procs import free_port  # noqa: F401 - the scripts import it from here
-from tests.procs import process_tree
+from harness import procs
+from harness.procs import free_port  # noqa: F401 - the scripts import it from here
+from harness.procs import process_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_PNG = ROOT / "samples" / "fashion-mnist" / "0_ankle-boot.png"

@@ -5,14 +5,14 @@ bench/gpu_check.sh installs onnxruntime-gpu and runs this with ``--providers cud
 ``--providers cpu --arch resnet20`` it runs anywhere, which is how the tests exercise it.
 
 1. Random-weight networks (bench/rbn_vs_bn_latency.randomize), exported three ways: RBN folded
-   and BN folded with ``rbn_stats`` (``rbn.export.export_onnx``; the service's two arms), and BN
+   and BN folded with ``rbn_stats`` (``rbn.library.export.export_onnx``; the service's two arms), and BN
    the ordinary way (logits only, so ONNX Runtime fuses Conv+BN).
 2. Proof that the CUDA provider runs the graph: ``session.get_providers()``, the provider ORT's
    profiler reports for every node, and the outputs against torch.
 3. Each graph at each batch size: ``session.run`` with numpy in and out (what the service does),
    IOBinding (input and outputs stay on the device), IOBinding + CUDA graph (the provider option
    ``enable_cuda_graph``; one session per fixed shape, outputs bound to pre-allocated buffers).
-   Session options mirror ``service.runtime.ModelRuntime``.
+   Session options mirror ``service.core.runtime.ModelRuntime``.
 4. If ONNX Runtime cannot run on CUDA: the same networks timed with torch on CUDA (eager and
    CUDA graph), and the section says plainly that ORT's CUDA provider was not measured.
 5. The service: the RBN network written as a bundle to a temporary repository, ``python -m
@@ -71,23 +71,23 @@ SHAPES = {"resnet50": ((3, 224, 224), 1000), "resnet20": ((1, 28, 28), 10)}
 
 # --- set-up ------------------------------------------------------------------------------------
 def bundle_module_note() -> str | None:
-    """rbn.export needs three tensor names from rbn.bundle, whose schema needs pydantic. Where
+    """rbn.library.export needs three tensor names from rbn.contract.bundle, whose schema needs pydantic. Where
     pydantic is missing (the GPU image has none unless brought along), put the names in its place."""
     try:
         import pydantic  # noqa: F401
         return None
     except ImportError:
         pass
-    shim = types.ModuleType("rbn.bundle")
+    shim = types.ModuleType("rbn.contract.bundle")
     shim.INPUT_NAME, shim.LOGITS_NAME, shim.STATS_NAME = "input", "logits", "rbn_stats"
-    sys.modules["rbn.bundle"] = shim
-    return "pydantic is not installed: rbn.bundle replaced by its three tensor names for the export"
+    sys.modules["rbn.contract.bundle"] = shim
+    return "pydantic is not installed: rbn.contract.bundle replaced by its three tensor names for the export"
 
 
 def service_threads() -> int:
-    """The service's default intra-op thread count (service.runtime.default_threads)."""
+    """The service's default intra-op thread count (service.core.runtime.default_threads)."""
     try:
-        from service.runtime import default_threads
+        from service.core.runtime import default_threads
 
         return default_threads()
     except ImportError:  # the service's dependencies are not all there: the same rule
@@ -95,8 +95,8 @@ def service_threads() -> int:
 
 
 def session_options(threads: int, profile_prefix: str | None = None):
-    """The service's own session options (service.runtime.session_options), optionally profiling."""
-    from service.runtime import session_options as service_options
+    """The service's own session options (service.core.runtime.session_options), optionally profiling."""
+    from service.core.runtime import session_options as service_options
 
     options = service_options(threads)
     if profile_prefix:
@@ -108,7 +108,7 @@ def session_options(threads: int, profile_prefix: str | None = None):
 def providers_for(kind: str, device: int, cuda_graph: bool = False) -> list:
     if kind == "cpu":
         return [CPU]
-    options: dict = {"device_id": device}  # as service.runtime.provider_list
+    options: dict = {"device_id": device}  # as service.core.runtime.provider_list
     if cuda_graph:
         options["enable_cuda_graph"] = "1"
     return [(CUDA, options), CPU]
@@ -151,8 +151,8 @@ def export_graphs(arch: str) -> tuple[dict[str, bytes], dict, tuple[int, int, in
     import torch
 
     from bench.rbn_vs_bn_latency import plain_export, randomize
-    from rbn.export import export_onnx, inference_model, stats_channels, stats_layers
-    from rbn.resnet import build
+    from rbn.library.export import export_onnx, inference_model, stats_channels, stats_layers
+    from rbn.library.resnet import build
 
     shape, classes = SHAPES[arch]
     torch.manual_seed(0)
@@ -352,7 +352,7 @@ def time_torch(modules: dict, batches: list[int], shape: tuple[int, int, int], s
 # --- the service -------------------------------------------------------------------------------
 def write_bundle(repository: Path, graph: bytes, arch: str, shape: tuple[int, int, int], classes: int,
                  layers: dict[str, int]) -> str:
-    from rbn.bundle import write_bundle as write
+    from rbn.contract.bundle import write_bundle as write
 
     channels = shape[0]
     mean, std = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]) if channels == 3 else ([0.286] * channels, [0.353] * channels)
@@ -647,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
     title = f"{where}: RBN vs BN {args.arch} in ONNX Runtime ({args.providers}) and the service"
     lines = header(title, packages=("torch", "numpy", "onnx"), extra=facts + [
         (f"Networks: {args.arch}, random weights (bench/rbn_vs_bn_latency.randomize), input {shape}, "
-         f"{classes} classes; sessions as service.runtime.ModelRuntime builds them (ORT_ENABLE_ALL, sequential, "
+         f"{classes} classes; sessions as service.core.runtime.ModelRuntime builds them (ORT_ENABLE_ALL, sequential, "
          f"intra-op threads {threads}, no spinning); at least {args.seconds:g} s and {args.iters} calls per cell; "
          "img/s and median ms per batch"),
     ])

@@ -1,6 +1,6 @@
 """The limit: in-process ONNX Runtime throughput and latency of each bundle, no HTTP.
 
-Every session is built by ``service.runtime.ModelRuntime`` (the service's own session
+Every session is built by ``service.core.runtime.ModelRuntime`` (the service's own session
 construction: graph optimisation, thread counts, no spinning, providers) and timed through
 ``ModelRuntime.run``, the call the batcher makes, at the batch sizes the batcher forms.
 Input: standard-normal tensors of the bundle's input shape. Prints a Markdown section.
@@ -28,9 +28,9 @@ from bench.common import (  # noqa: E402
     progress,
     time_calls,
 )
-from service.config import Settings  # noqa: E402
-from service.repository import scan  # noqa: E402
-from service.runtime import ModelRuntime, default_threads  # noqa: E402
+from service.core.config import Settings  # noqa: E402
+from service.core.repository import scan  # noqa: E402
+from service.core.runtime import ModelRuntime, default_threads  # noqa: E402
 
 DEFAULT_BATCHES = "1,2,4,8,16,32,64"
 
@@ -75,7 +75,7 @@ def best(points: list[Point]) -> Point:
 
 def session_line(runtimes: dict[str, ModelRuntime], threads: int) -> str:
     runtime = next(iter(runtimes.values()))
-    return (f"Sessions: `service.runtime.ModelRuntime` (the service's own construction): providers "
+    return (f"Sessions: `service.core.runtime.ModelRuntime` (the service's own construction): providers "
             f"{runtime.providers}, intra-op threads {threads or default_threads()}"
             f"{' (the service default: all CPUs on 1-2, else min(8, CPUs - 1))' if not threads else ''}, "
             "inter-op 1, ORT_ENABLE_ALL, "

@@ -3,7 +3,7 @@
 Each variant is ``NAME=BUNDLE_DIR[:output,output,...]`` (default outputs: all of the graph's). Per
 batch size, the variants run in turn for ``--rounds`` rounds (order rotating), each round timing
 ``--reps`` runs; the table has the median milliseconds per batch and the ratio to the first variant.
-One intra-op thread, the service's session options otherwise (service.runtime.session_options).
+One intra-op thread, the service's session options otherwise (service.core.runtime.session_options).
 
     python bench/ood_cost.py --variant "0.1 bundle=/tmp/old/models/fmnist-resnet20-rbn" \\
         --variant "0.2 bundle=models/fmnist-resnet20-rbn" \\
@@ -24,12 +24,12 @@ import onnxruntime as ort
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import emit, header, parse_ints  # noqa: E402
-from rbn.bundle import onnx_path, read_meta  # noqa: E402
-from service.runtime import session_options  # noqa: E402
+from rbn.contract.bundle import onnx_path, read_meta  # noqa: E402
+from service.core.runtime import session_options  # noqa: E402
 
 
 def session(bundle: Path) -> ort.InferenceSession:
-    """The service's own session options (service.runtime), one intra-op thread."""
+    """The service's own session options (service.core.runtime), one intra-op thread."""
     meta = read_meta(bundle)
     return ort.InferenceSession(str(onnx_path(bundle, meta.version)), session_options(1), providers=["CPUExecutionProvider"])
 

@@ -20,8 +20,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from rbn.export import export_onnx
-from rbn.resnet import build
+from rbn.library.export import export_onnx
+from rbn.library.resnet import build
 
 
 def plain_export(model: torch.nn.Module, shape: tuple[int, int, int]) -> bytes:

@@ -46,10 +46,10 @@ from bench.common import (  # noqa: E402
 )
 from bench.inprocess import DEFAULT_BATCHES, Point, best, limit_table, load_runtimes, parse_batches  # noqa: E402
 from bench.inprocess import markdown_table as limit_markdown  # noqa: E402
-from service.config import Settings  # noqa: E402
-from service.model import choose_primary  # noqa: E402
-from service.repository import scan  # noqa: E402
-from service.runtime import default_threads  # noqa: E402
+from service.core.config import Settings  # noqa: E402
+from service.core.model import choose_primary  # noqa: E402
+from service.core.repository import scan  # noqa: E402
+from service.core.runtime import default_threads  # noqa: E402
 
 WRK_POST = ROOT / "bench" / "wrk_post.lua"
 WRK_COUNT = ROOT / "bench" / "wrk_count.lua"

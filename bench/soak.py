@@ -32,7 +32,7 @@ from pathlib import Path
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import ROOT, SAMPLE_PNG, ServerProcess, emit, exit_on_sigterm, header, progress, python_env  # noqa: E402
-from bench.procs import free_port  # noqa: E402
+from harness.procs import free_port  # noqa: E402
 
 KEY = "soak-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}

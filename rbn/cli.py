@@ -11,7 +11,7 @@ from pathlib import Path
 def _train(args) -> None:
     import torch
 
-    from rbn.train import Recipe, train
+    from rbn.experiments.train import Recipe, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -24,7 +24,7 @@ def _train(args) -> None:
 def _finetune(args) -> None:
     import torch
 
-    from rbn.finetune import finetune, recipe_for
+    from rbn.experiments.finetune import finetune, recipe_for
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -41,8 +41,8 @@ def _finetune(args) -> None:
 
 
 def _export(args) -> None:
-    from rbn.export import export_onnx
-    from rbn.release import INPUT_SHAPE, load_checkpoint
+    from rbn.library.export import export_onnx
+    from rbn.experiments.release import INPUT_SHAPE, load_checkpoint
 
     model, _ = load_checkpoint(args.checkpoint)
     data = export_onnx(model, args.out, input_shape=INPUT_SHAPE, folded=not args.unfolded)
@@ -50,9 +50,9 @@ def _export(args) -> None:
 
 
 def _bundle(args) -> None:
-    from rbn.release import bundle_from_checkpoint
+    from rbn.experiments.release import bundle_from_checkpoint
 
-    from rbn.evaluate import summary
+    from rbn.experiments.evaluate import summary
 
     evaluation = summary(json.loads(Path(args.evaluation).read_text())) if args.evaluation else None
     path = bundle_from_checkpoint(args.checkpoint, args.repository, args.name, args.baseline, args.version, evaluation, args.data)
@@ -60,7 +60,7 @@ def _bundle(args) -> None:
 
 
 def _evaluate(args) -> None:
-    from rbn.evaluate import EvalConfig, OnnxClassifier, evaluate
+    from rbn.experiments.evaluate import EvalConfig, OnnxClassifier, evaluate
 
     config = EvalConfig(corruption_samples=args.corruption_samples, calibration_samples=args.calibration_samples)
     out = Path(args.out)
@@ -76,7 +76,7 @@ def _evaluate(args) -> None:
 
 def _load_for_eval(source: Path) -> tuple[str, bytes, dict]:
     """A bundle folder, an .onnx file, or a training checkpoint (exported in memory)."""
-    from rbn.bundle import onnx_path, validate_bundle
+    from rbn.contract.bundle import onnx_path, validate_bundle
 
     if source.is_dir():
         meta = validate_bundle(source)
@@ -84,8 +84,8 @@ def _load_for_eval(source: Path) -> tuple[str, bytes, dict]:
         return meta.name, onnx_path(source, meta.version).read_bytes(), info
     if source.suffix == ".onnx":
         return source.stem, source.read_bytes(), {"norm": None, "seed": None}
-    from rbn.export import export_onnx
-    from rbn.release import INPUT_SHAPE, load_checkpoint
+    from rbn.library.export import export_onnx
+    from rbn.experiments.release import INPUT_SHAPE, load_checkpoint
 
     model, recipe = load_checkpoint(source)
     name = f"{recipe['arch']}-{recipe['norm']}-s{recipe['seed']}"
@@ -98,9 +98,9 @@ def _load_for_eval(source: Path) -> tuple[str, bytes, dict]:
 
 
 def _paired(args) -> None:
-    from rbn import data as fmnist
-    from rbn import paired
-    from rbn.evaluate import EvalConfig, OnnxClassifier
+    from rbn.experiments import data as fmnist
+    from rbn.experiments import paired
+    from rbn.experiments.evaluate import EvalConfig, OnnxClassifier
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,7 +132,7 @@ def _checkpoint_name(source: Path) -> str:
 
 
 def _report(args) -> None:
-    from rbn.report import write_report
+    from rbn.experiments.report import write_report
 
     write_report(Path(args.results), Path(args.out))
     print(f"wrote {args.out}")
@@ -213,14 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rbn.bundle import BundleError
-    from rbn.data import DatasetError
+    from rbn.contract.bundle import BundleError
+    from rbn.experiments.data import DatasetError
 
     args = build_parser().parse_args(argv)
     errors: tuple[type[Exception], ...] = (DatasetError, BundleError, FileNotFoundError)
     try:
-        from rbn.finetune import FinetuneError
-        from rbn.release import CheckpointError
+        from rbn.experiments.finetune import FinetuneError
+        from rbn.experiments.release import CheckpointError
 
         errors += (CheckpointError, FinetuneError)
     except ImportError:  # torch not installed: only the torch-free commands work

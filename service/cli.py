@@ -1,7 +1,7 @@
 """The ``rbn-serve`` command line: ``serve`` (one flag per ``Settings`` field; flags win over
 RBN_SERVE_* variables), ``validate <bundle-dir>...`` (one line per bundle; non-zero exit on a bad one),
 ``models DIR`` (write the bundles shipped in the package into DIR), ``ab-eval FOLDER`` (a client: drive a
-running server's /ab with labelled images, ``service.abeval``) and ``--version``.
+running server's /ab with labelled images, ``service.tools.abeval``) and ``--version``.
 
 Every subcommand is a ``Command``: a pydantic-settings model whose fields pydantic-settings turns into
 the subcommand's flags and positional arguments (``CliSettingsSource``: kebab-case flags, ``--x/--no-x``
@@ -35,8 +35,8 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from service.config import Settings
-from service.shipped import package_version, write_shipped_models
+from service.core.config import Settings
+from service.core.shipped import package_version, write_shipped_models
 
 PROG = "rbn-serve"
 USAGE_ERROR = 2  # argparse's exit code for a bad command line; also ours for an invalid setting
@@ -89,15 +89,15 @@ class AbEvalArgs(Arguments):
 
 
 def _serve(settings: Settings) -> int:
-    from service import logs
-    from service.server import serve
+    from service.core import logs
+    from service.http.server import serve
 
     logs.configure(settings.log_format, settings.log_level)
     return serve(settings)
 
 
 def _validate(args: ValidateArgs) -> int:
-    from service.validate import validate_dirs
+    from service.tools.validate import validate_dirs
 
     return validate_dirs(args.bundles)
 
@@ -115,7 +115,7 @@ def _models(args: ModelsArgs) -> int:
 def _ab_eval(args: AbEvalArgs) -> int:
     import os
 
-    from service.abeval import run
+    from service.tools.abeval import run
 
     return run(args.folder, args.server, args.model, args.corruptions, args.severities, args.concurrency,
                args.batch, args.api_key or os.environ.get("RBN_SERVE_API_KEY"), args.out, args.timeout)

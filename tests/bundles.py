@@ -10,8 +10,8 @@ INPUT = (1, 28, 28)
 
 
 def _base_meta(model, name: str, norm: str) -> dict:
-    from rbn.data import LABELS, MEAN, STD
-    from rbn.export import stats_layers
+    from rbn.experiments.data import LABELS, MEAN, STD
+    from rbn.library.export import stats_layers
 
     return {
         "name": name, "architecture": "resnet20", "norm": norm, "labels": list(LABELS),
@@ -23,7 +23,7 @@ def _base_meta(model, name: str, norm: str) -> dict:
 def _random_outputs(model, images: int, seed: int):
     import torch
 
-    from rbn.export import inference_model
+    from rbn.library.export import inference_model
 
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -33,12 +33,12 @@ def _random_outputs(model, images: int, seed: int):
 
 def graph_scored(model, name: str, norm: str, images: int = 256, method: str = "maha+energy") -> tuple[dict, bytes]:
     """Metadata and ONNX bytes of a bundle whose graph computes `ood_score`, fitted on random inputs
-    (half fit the Gaussians, half standardise and set the threshold, as rbn.evaluate.fit_ood does)."""
-    from rbn.bundle import GraphOodCalibration
-    from rbn.export import export_onnx, stats_channels
-    from rbn.ood import threshold
-    from rbn.ood_fit import fit_scorer
-    from rbn.ood_graph import add_score_output
+    (half fit the Gaussians, half standardise and set the threshold, as rbn.experiments.evaluate.fit_ood does)."""
+    from rbn.contract.bundle import GraphOodCalibration
+    from rbn.library.export import export_onnx, stats_channels
+    from rbn.contract.ood import threshold
+    from rbn.experiments.ood_fit import fit_scorer
+    from rbn.library.ood_graph import add_score_output
 
     channels = stats_channels(model, INPUT)
     logits, _, features = _random_outputs(model, images, seed=1)
@@ -54,8 +54,8 @@ def legacy(model, name: str, norm: str, images: int = 256) -> tuple[dict, bytes]
     """A bundle as written before `rbn_channel_stats` existed: two graph outputs, the rbn_stats score."""
     import onnx
 
-    from rbn.export import export_onnx
-    from rbn.ood import calibrate_rms
+    from rbn.library.export import export_onnx
+    from rbn.contract.ood import calibrate_rms
 
     graph = onnx.load_from_string(export_onnx(model))
     kept = [o for o in graph.graph.output if o.name != "rbn_channel_stats"]
@@ -71,8 +71,8 @@ def write_test_bundles(out: Path, prefix: str = "test", images: int = 256, old_f
     random weights; the OOD score fitted on ``images`` random inputs; their names."""
     import torch
 
-    from rbn.bundle import write_bundle
-    from rbn.resnet import resnet20
+    from rbn.contract.bundle import write_bundle
+    from rbn.library.resnet import resnet20
 
     names = []
     for norm in ("bn", "rbn"):

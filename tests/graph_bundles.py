@@ -7,7 +7,7 @@ from pathlib import Path
 
 from onnx import NodeProto, TensorProto, helper
 
-from rbn.bundle import write_bundle
+from rbn.contract.bundle import write_bundle
 
 STATS_LAYERS = 2  # width of the fake `rbn_stats` output
 

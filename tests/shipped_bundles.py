@@ -17,7 +17,7 @@ def write_test_bundles(out: Path, prefix: str = "test", old_format: bool = False
     """Write ``{prefix}-resnet20-bn`` and ``{prefix}-resnet20-rbn`` (the BN one its baseline) into ``out``:
     the shipped pair's graphs and metadata under these names (``old_format``: as bundles were written
     before the graph score, calibrated on 256 random inputs); their names."""
-    from rbn.bundle import onnx_path, read_meta, write_bundle
+    from rbn.contract.bundle import onnx_path, read_meta, write_bundle
 
     names = []
     for norm, source in SOURCES.items():
@@ -39,8 +39,8 @@ def _legacy(fields: dict, onnx_bytes: bytes) -> tuple[dict, bytes]:
     import onnxruntime as ort
     from onnx.utils import Extractor
 
-    from rbn.bundle import INPUT_NAME, LOGITS_NAME, STATS_NAME
-    from rbn.ood import calibrate_rms
+    from rbn.contract.bundle import INPUT_NAME, LOGITS_NAME, STATS_NAME
+    from rbn.contract.ood import calibrate_rms
 
     graph = Extractor(onnx.load_from_string(onnx_bytes)).extract_model([INPUT_NAME], [LOGITS_NAME, STATS_NAME])
     cut = graph.SerializeToString()

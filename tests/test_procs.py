@@ -1,4 +1,4 @@
-"""tests/procs.py: a server process that never becomes ready is not left running."""
+"""harness/procs.py: a server process that never becomes ready is not left running."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.procs import ServerProcess, free_port
+from harness.procs import ServerProcess, free_port
 
 NEVER_READY = "import time; time.sleep(120)"  # runs, but nothing answers /readyz
 

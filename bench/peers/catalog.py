@@ -3,7 +3,7 @@
 A peer's ``settings`` are tried in the tuning stage of bench/peers/run.py and the best one (highest
 geometric mean of req/s at the tuning concurrencies) goes into the measured rounds. Settings are sized
 for the 2-core machine BENCHMARKS.md reports from; each says why it is worth trying. ONNX Runtime threads
-per session: the service's default (``service.runtime.default_threads``: 2 on 2 cores) unless a setting
+per session: the service's default (``service.core.runtime.default_threads``: 2 on 2 cores) unless a setting
 runs two processes, which then take one each so that the machine is not oversubscribed.
 """
 

@@ -2,7 +2,7 @@
 
 Every peer (BentoML, Ray Serve, KServe, PyTriton) wraps this one object so that the comparison measures
 the frameworks, not four re-implementations: decoding and preprocessing are the service's own
-(``service.imaging.decode`` and ``Normalizer``, with its default pixel limit), inference is the service's
+(``service.core.imaging.decode`` and ``Normalizer``, with its default pixel limit), inference is the service's
 own ``ModelRuntime`` (same session options, same outputs), and the answer is the service's own
 ``describe`` (softmax, top-k, the OOD block with the in-graph score). Only numpy, Pillow, ONNX Runtime,
 pydantic, pydantic-settings and FastAPI (for the service's error types) are needed, which every peer's
@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from rbn.bundle import onnx_path, read_meta
-from service.config import Settings
+from rbn.contract.bundle import onnx_path, read_meta
+from service.core.config import Settings
 from PIL import Image
 
-from service.imaging import Normalizer, decode, render
-from service.ood import OodScorer
-from service.predictions import describe, softmax
-from service.runtime import ModelRuntime
+from service.core.imaging import Normalizer, decode, render
+from service.core.ood import OodScorer
+from service.core.predictions import describe, softmax
+from service.core.runtime import ModelRuntime
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BUNDLE = ROOT / "models" / "fmnist-resnet20-rbn"

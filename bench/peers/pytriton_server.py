@@ -26,7 +26,7 @@ from pytriton.triton import Triton, TritonConfig
 
 from bench.peers.framing import OIP_INPUT, OIP_OUTPUT
 from bench.peers.pipeline import Pipeline
-from tests.procs import free_port
+from harness.procs import free_port
 
 MODEL_NAME = "rbn"
 

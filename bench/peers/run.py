@@ -54,7 +54,7 @@ from bench.common import (  # noqa: E402
 )
 from bench.peers import framing, venvs  # noqa: E402
 from bench.peers.catalog import PEERS, Peer, Setting  # noqa: E402
-from tests.procs import http  # noqa: E402 - raises OSError when nothing answers (bench.common.http hides it)
+from harness.procs import http  # noqa: E402 - raises OSError when nothing answers (bench.common.http hides it)
 from bench.serve_bench import Load, Wrk, wrk_version  # noqa: E402
 
 WRK_PEER = ROOT / "bench" / "peers" / "wrk_peer.lua"
@@ -138,7 +138,7 @@ def cpu_per_request(before: dict[int, tuple[str, float]], after: dict[int, tuple
 
 
 def stop_tree(server: ServerProcess) -> None:
-    """SIGTERM the server (then SIGKILL, tests/procs.py), then SIGKILL whatever of its tree outlived it
+    """SIGTERM the server (then SIGKILL, harness/procs.py), then SIGKILL whatever of its tree outlived it
     (Ray's GCS and raylet, Triton's server and its Python backend stubs)."""
     tree = process_tree(server.pid)
     server.stop(timeout=15)

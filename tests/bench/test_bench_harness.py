@@ -56,7 +56,7 @@ def test_inprocess_limit(bench_repo):
     out = done.stdout
     assert out.startswith("## In-process ONNX Runtime throughput")
     assert "- Machine: " in out and "- Versions: " in out and "- Command: `" in out
-    assert "service.runtime.ModelRuntime" in out
+    assert "service.core.runtime.ModelRuntime" in out
     rows = table(out, "batch")
     assert [r["batch"] for r in rows] == ["1", "2"]
     for row in rows:

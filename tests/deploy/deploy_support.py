@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import ServerProcess, free_port, http  # noqa: F401 - the tests import them from here
+from harness.procs import ServerProcess, free_port, http  # noqa: F401 - the tests import them from here
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"

@@ -7,7 +7,7 @@ import yaml
 from deploy_support import COMPOSE, ROOT
 from test_deploy_compose import compose_config
 
-from service.config import ENV_PREFIX
+from service.core.config import ENV_PREFIX
 
 KEY_FILE = f"{ENV_PREFIX}API_KEY_FILE"
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from deploy_support import COMPOSE, COMPOSE_CPU, DOCKER, ROOT, resolve_image, run, tool
 
-from service.config import Settings
+from service.core.config import Settings
 
 
 def compose_config(*files, env: dict | None = None) -> dict:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from deploy_support import ROOT, Server, free_port, http, resolve_image, sample_images
 
-from service.config import Settings
+from service.core.config import Settings
 
 
 def host_paths(image, root: Path, repository: Path) -> dict[str, Path]:

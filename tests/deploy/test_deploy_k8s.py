@@ -10,7 +10,7 @@ import pytest
 import yaml
 from deploy_support import K8S, ROOT, resolve_image
 
-from service.config import Settings
+from service.core.config import Settings
 
 import kubernetes_validate  # noqa: E402 - a pinned dev dependency: missing is an error (./run.sh test installs it), not a skip
 

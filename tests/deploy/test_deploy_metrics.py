@@ -116,7 +116,7 @@ def served_repository(source_repository, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(served_repository, tmp_path_factory):
     """The real server, after the traffic above; stopped (and its clean exit checked) at the end."""
-    from rbn.corruptions import CORRUPTION_NAMES
+    from rbn.contract.corruptions import CORRUPTION_NAMES
 
     tmp = tmp_path_factory.mktemp("metrics")
     port = free_port()
@@ -171,7 +171,7 @@ def service_metrics(monkeypatch_module):
     fake.nvmlDeviceGetUUID = lambda handle: f"GPU-00000000-0000-0000-0000-00000000000{handle[-1]}"
     fake.__getattr__ = lambda name: reading  # any other nvmlDeviceGet* reading
     monkeypatch_module.setitem(sys.modules, "pynvml", fake)
-    from service.metrics import Metrics
+    from service.core.metrics import Metrics
 
     metrics = Metrics()
     assert metrics.register_gpu(), "the GPU collector did not start over the stand-in NVML"
@@ -267,8 +267,8 @@ def test_label_names_used_exist_on_those_metrics(scrape, gpu_exposition, declare
 
 def allowed_label_values(scrape: str) -> dict[str, set[str]]:
     """Every value the service can put on the labels the queries select on literally."""
-    from rbn.corruptions import CORRUPTION_NAMES
-    from service import errors
+    from rbn.contract.corruptions import CORRUPTION_NAMES
+    from service.core import errors
 
     reasons = {cls.code for cls in vars(errors).values()
                if isinstance(cls, type) and issubclass(cls, errors.ServiceError)}

@@ -96,8 +96,8 @@ def test_wheel_holds_every_module_and_every_shipped_bundle_file(dist):
             packaged = f"{MODELS_PACKAGE}/{path.relative_to(models).as_posix()}"
             assert packaged in names, f"{packaged} is not in the wheel"
             assert whl.read(packaged) == path.read_bytes(), packaged
-        # The page's static files (package data of service.web) and the samples it offers.
-        data = [(p, p.relative_to(dist["src"]).as_posix()) for p in (dist["src"] / "service" / "web" / "static").iterdir()]
+        # The page's static files (package data of service.http.web) and the samples it offers.
+        data = [(p, p.relative_to(dist["src"]).as_posix()) for p in (dist["src"] / "service" / "http" / "web" / "static").iterdir()]
         data += [(p, f"{SAMPLES_PACKAGE}/{p.relative_to(dist['src'] / 'samples').as_posix()}")
                  for p in (dist["src"] / "samples").rglob("*") if p.is_file()]
         assert len(data) > 10
@@ -160,6 +160,6 @@ def test_installed_wheel_writes_out_its_bundles_and_imports_rbn_without_torch(in
         assert (tmp_path / "out" / path.relative_to(models)).read_bytes() == path.read_bytes(), path
     step([str(installed / "bin" / "rbn-serve"), "validate", *map(str, sorted((tmp_path / "out").iterdir()))],
          timeout=120, cwd=tmp_path, env=env)
-    probe = ("import importlib.util, sys, rbn, rbn.bundle, rbn.corruptions; "
+    probe = ("import importlib.util, sys, rbn, rbn.contract.bundle, rbn.contract.corruptions; "
              "assert importlib.util.find_spec('torch') is None; assert 'torch' not in sys.modules")
     step([str(installed / "bin" / "python"), "-c", probe], timeout=60, cwd=tmp_path, env=env)

@@ -2,7 +2,7 @@
 
 import torch
 
-from rbn.resnet import resnet20
+from rbn.library.resnet import resnet20
 
 
 def randomize_norms(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

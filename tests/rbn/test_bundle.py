@@ -10,11 +10,11 @@ import torch
 
 from pathlib import Path
 
-from rbn.bundle import BundleError, BundleMeta, graph_outputs, triton_config, validate_bundle, write_bundle
-from rbn.data import LABELS, MEAN, STD
-from rbn.export import export_onnx, inference_model, stats_channels, stats_layers
-from rbn.ood import calibrate_rms
-from rbn.resnet import resnet20
+from rbn.contract.bundle import BundleError, BundleMeta, graph_outputs, triton_config, validate_bundle, write_bundle
+from rbn.experiments.data import LABELS, MEAN, STD
+from rbn.library.export import export_onnx, inference_model, stats_channels, stats_layers
+from rbn.contract.ood import calibrate_rms
+from rbn.library.resnet import resnet20
 from tests.bundles import graph_scored, legacy
 
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from rbn.bundle import BundleError, read_meta, validate_bundle, write_bundle
-from service.repository import scan
+from rbn.contract.bundle import BundleError, read_meta, validate_bundle, write_bundle
+from service.core.repository import scan
 
 ROOT = Path(__file__).resolve().parents[2]
 LABELS = [f"class{i}" for i in range(3)]
@@ -84,7 +84,7 @@ def test_writer_refuses_a_bn_bundle_naming_a_baseline(tmp_path):
 def test_the_server_scan_skips_what_it_can_see_and_the_runtime_the_rest(repo):
     """The server scans without the ONNX checker (no onnx on the serving path): the metadata fault is
     caught by the scan, the graph faults when ONNX Runtime loads the bundle."""
-    from service.runtime import ModelRuntime
+    from service.core.runtime import ModelRuntime
 
     found = scan(repo)
     assert sorted(b.name for b in found.bundles) == ["checker-fails", "fixed-batch", "good"]

@@ -1,7 +1,7 @@
 import torch
 
-from rbn.convert import convert_bn_to_rbn
-from rbn.layer import RepresentativeBatchNorm2d
+from rbn.library.convert import convert_bn_to_rbn
+from rbn.library.layer import RepresentativeBatchNorm2d
 from random_weights import random_resnet20
 
 

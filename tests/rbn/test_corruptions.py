@@ -1,4 +1,4 @@
-"""Tests for rbn.corruptions: registry, determinism, shapes, severity monotonicity, no torch."""
+"""Tests for rbn.contract.corruptions: registry, determinism, shapes, severity monotonicity, no torch."""
 
 import hashlib
 import subprocess
@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rbn import corruptions as C
-from rbn.corruptions import CORRUPTION_NAMES, CORRUPTIONS, SEVERITIES, corrupt
-from rbn.data import load_split
+from rbn.contract import corruptions as C
+from rbn.contract.corruptions import CORRUPTION_NAMES, CORRUPTIONS, SEVERITIES, corrupt
+from rbn.experiments.data import load_split
 
 REPO = Path(__file__).resolve().parents[2]
 NOISY = ("gaussian_noise", "shot_noise", "impulse_noise", "motion_blur", "fog", "rotate", "shear", "translate")
@@ -172,6 +172,6 @@ def test_bad_inputs(synthetic):
 
 
 def test_import_does_not_pull_in_torch():
-    code = "import rbn.corruptions, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import rbn.contract.corruptions, sys; assert 'torch' not in sys.modules, 'torch imported'"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

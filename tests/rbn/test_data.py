@@ -3,7 +3,7 @@ import gzip
 import numpy as np
 import pytest
 
-from rbn import data
+from rbn.experiments import data
 
 
 def test_reads_the_real_dataset():

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from rbn.evaluate import auroc, fpr_at_95_tpr, relative_corruption_error
-from rbn.ood import calibrate_rms as calibrate, combine, rms_score as score
+from rbn.experiments.evaluate import auroc, fpr_at_95_tpr, relative_corruption_error
+from rbn.contract.ood import calibrate_rms as calibrate, combine, rms_score as score
 
 
 def test_auroc_known_values():
@@ -44,16 +44,16 @@ def test_relative_corruption_error_is_one_for_the_baseline_itself():
 
 
 def test_evaluation_feeds_the_graph_the_tensors_the_service_does():
-    """rbn.evaluate normalises with rbn.data.normalize, the service with its model's
+    """rbn.experiments.evaluate normalises with rbn.experiments.data.normalize, the service with its model's
     Normalizer(meta.input): for every shipped bundle the arrays and the graph's outputs are identical."""
     from pathlib import Path
 
     import onnxruntime as ort
 
-    from rbn import data as fmnist
-    from rbn.bundle import onnx_path, read_meta
-    from rbn.evaluate import OnnxClassifier
-    from service.imaging import Normalizer  # what service.model.Model.preprocess applies
+    from rbn.experiments import data as fmnist
+    from rbn.contract.bundle import onnx_path, read_meta
+    from rbn.experiments.evaluate import OnnxClassifier
+    from service.core.imaging import Normalizer  # what service.core.model.Model.preprocess applies
 
     models = Path(__file__).resolve().parents[2] / "models"
     images = (np.arange(4 * 28 * 28) % 256).astype(np.uint8).reshape(4, 28, 28)  # every pixel value

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from rbn.export import export_onnx, inference_model, stats_channels, stats_layers
+from rbn.library.export import export_onnx, inference_model, stats_channels, stats_layers
 from random_weights import random_resnet20
 
 
@@ -101,7 +101,7 @@ def test_export_is_deterministic_and_checker_clean(model, tmp_path):
 def test_every_conv_norm_pair_is_folded(norm):
     """All 21 conv -> norm pairs of ResNet-20 fold: no BatchNormalization node is left, and the convs
     are the model's own 21 (counted by op type, not total nodes, so extra outputs do not matter)."""
-    from rbn.fold import fold_model
+    from rbn.library.fold import fold_model
 
     model = randomized(norm)
     convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
@@ -124,5 +124,5 @@ def test_stats_layer_names_follow_forward_order(model):
 
 
 def test_import_rbn_is_cheap():
-    code = "import rbn, rbn.bundle, rbn.ood, rbn.data, sys; assert 'torch' not in sys.modules"
+    code = "import rbn, rbn.contract.bundle, rbn.contract.ood, rbn.experiments.data, sys; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

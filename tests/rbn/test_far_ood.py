@@ -1,4 +1,4 @@
-"""Tests for rbn.far_ood: sklearn digits as 28x28 light-on-dark uint8 images."""
+"""Tests for rbn.experiments.far_ood: sklearn digits as 28x28 light-on-dark uint8 images."""
 
 import subprocess
 import sys
@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rbn.data import DatasetError
-from rbn.far_ood import load_digits_28, upscale
+from rbn.experiments.data import DatasetError
+from rbn.experiments.far_ood import load_digits_28, upscale
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,6 +47,6 @@ def test_clear_error_without_sklearn(monkeypatch):
 
 
 def test_import_does_not_pull_in_torch_or_sklearn():
-    code = "import rbn.far_ood, sys; assert 'torch' not in sys.modules and 'sklearn' not in sys.modules"
+    code = "import rbn.experiments.far_ood, sys; assert 'torch' not in sys.modules and 'sklearn' not in sys.modules"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

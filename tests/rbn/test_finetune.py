@@ -7,13 +7,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from rbn import data as fmnist
+from rbn.experiments import data as fmnist
 from rbn.cli import _load_for_eval, main
-from rbn.export import export_onnx
-from rbn.finetune import FinetuneError, converted_model, finetune, optimizer_groups, recipe_for, sha256_of
-from rbn.layer import RepresentativeBatchNorm2d
-from rbn.release import INPUT_SHAPE, load_checkpoint
-from rbn.train import Schedule, load_tensors
+from rbn.library.export import export_onnx
+from rbn.experiments.finetune import FinetuneError, converted_model, finetune, optimizer_groups, recipe_for, sha256_of
+from rbn.library.layer import RepresentativeBatchNorm2d
+from rbn.experiments.release import INPUT_SHAPE, load_checkpoint
+from rbn.experiments.train import Schedule, load_tensors
 
 ROOT = Path(__file__).resolve().parents[2]
 BN_CHECKPOINT = ROOT / "checkpoints" / "resnet20-bn-s0.pt"
@@ -57,7 +57,7 @@ def test_calibration_weights_get_their_own_learning_rate():
     assert [len(g["params"]) for g in groups] == [21 + 1, 21 * 2 + 1, 21 * 3]  # convs + fc weight; gamma, beta + fc bias; w_m, w_v, w_b
     assert [g["weight_decay"] for g in groups] == [5e-4, 0.0, 0.0]
     assert optimizer_groups(converted_model(BN_CHECKPOINT), recipe_for(BN_CHECKPOINT, lr=0.02))[1] == (0.02, 0.02, 0.02)
-    # rbn.train's schedule gives each group its own peak: cosine from the peak, half-way at mid-run.
+    # rbn.experiments.train's schedule gives each group its own peak: cosine from the peak, half-way at mid-run.
     optimizer = torch.optim.SGD(groups, lr=0.01)
     schedule = Schedule(steps_per_epoch=10, epochs=2, warmup_steps=0, peaks=peaks)
     schedule.apply(optimizer, 0)

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from random_weights import randomize_norms
-from rbn.export import ExportError, export_onnx, inference_model
-from rbn.fold import fold_model
-from rbn.layer import RepresentativeBatchNorm2d
-from rbn.resnet import resnet20, resnet50
+from rbn.library.export import ExportError, export_onnx, inference_model
+from rbn.library.fold import fold_model
+from rbn.library.layer import RepresentativeBatchNorm2d
+from rbn.library.resnet import resnet20, resnet50
 
 NORMS = {"rbn": RepresentativeBatchNorm2d, "bn": nn.BatchNorm2d}
 

@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from rbn.layer import RepresentativeBatchNorm2d
-from rbn.norms import NORM_LAYERS, get_norm_layer
+from rbn.library.layer import RepresentativeBatchNorm2d
+from rbn.library.norms import NORM_LAYERS, get_norm_layer
 
 C = 5
 
 
 def reference_forward(x, p, running_mean, running_var, training, momentum=0.1, eps=1e-5):
-    """RBN written out from the formulas, sharing no code with rbn.layer."""
+    """RBN written out from the formulas, sharing no code with rbn.library.layer."""
     w_m, w_v, w_b, gamma, beta = (p[k].view(1, -1, 1, 1) for k in ("w_m", "w_v", "w_b", "gamma", "beta"))
     k_x = x.mean(dim=(2, 3), keepdim=True)
     x1 = x + w_m * k_x
@@ -130,7 +130,7 @@ def test_norm_registry_rejects_unknown_names_listing_valid_ones():
 def test_sync_batchnorm_conversion_refuses_rbn_layers_that_torch_would_silently_replace():
     from torch import nn
 
-    from rbn.layer import convert_sync_batchnorm
+    from rbn.library.layer import convert_sync_batchnorm
 
     def net(norm: type[nn.Module]) -> nn.Module:
         return nn.Sequential(nn.Conv2d(3, 4, 3), norm(4), nn.Sequential(nn.Conv2d(4, 4, 1), norm(4)))

@@ -1,4 +1,4 @@
-"""OOD scores (rbn.ood), the score written into the graph (rbn.ood_graph) and the OOD image sets (rbn.ood_data)."""
+"""OOD scores (rbn.contract.ood), the score written into the graph (rbn.library.ood_graph) and the OOD image sets (rbn.experiments.ood_data)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import torch
 from random_weights import random_resnet20
 from sklearn.covariance import LedoitWolf
 
-from rbn import ood, ood_data
-from rbn.ood_fit import fit_layer, fit_scorer
-from rbn.export import export_onnx, stats_channels
-from rbn.ood_graph import add_score_output
+from rbn.contract import ood
+from rbn.experiments import ood_data
+from rbn.experiments.ood_fit import fit_layer, fit_scorer
+from rbn.library.export import export_onnx, stats_channels
+from rbn.library.ood_graph import add_score_output
 
 CHANNELS = (3, 5)
 

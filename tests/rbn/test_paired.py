@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rbn import paired
-from rbn.paired import CLEAN, MEAN, Correctness
+from rbn.experiments import paired
+from rbn.experiments.paired import CLEAN, MEAN, Correctness
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "results" / "paired"

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from rbn.layer import RepresentativeBatchNorm2d
-from rbn.resnet import cifar_resnet, resnet20, resnet50
+from rbn.library.layer import RepresentativeBatchNorm2d
+from rbn.library.resnet import cifar_resnet, resnet20, resnet50
 
 
 @pytest.mark.parametrize("norm", ["bn", "rbn"])

@@ -1,4 +1,4 @@
-"""Tests for the shipped sample (samples/) and rbn.sample.write_sample."""
+"""Tests for the shipped sample (samples/) and rbn.experiments.sample.write_sample."""
 
 import json
 from pathlib import Path
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rbn.data import LABELS, load_split
-from rbn.sample import PHOTO_SIZE, first_per_class, slug, write_sample
+from rbn.experiments.data import LABELS, load_split
+from rbn.experiments.sample import PHOTO_SIZE, first_per_class, slug, write_sample
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 

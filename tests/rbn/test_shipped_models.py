@@ -6,8 +6,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from rbn import data
-from rbn.bundle import discover, onnx_path, validate_bundle
+from rbn.experiments import data
+from rbn.contract.bundle import discover, onnx_path, validate_bundle
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 SHIPPED = ("fmnist-resnet20-rbn", "fmnist-resnet20-bn")
@@ -47,8 +47,8 @@ def graph_scores(session: ort.InferenceSession, images: np.ndarray) -> np.ndarra
 def test_the_graph_ood_score_does_what_the_evaluation_says(name):
     """The score inside the shipped graph reproduces the bundle's evaluation summary: AUROC on every
     far-OOD test set (and ahead of 0.97), the share of clean test images it flags."""
-    from rbn.evaluate import auroc
-    from rbn.ood_data import far_ood_sets
+    from rbn.experiments.evaluate import auroc
+    from rbn.experiments.ood_data import far_ood_sets
 
     meta = validate_bundle(MODELS / name)
     assert meta.ood.kind == "graph" and meta.ood.method == meta.evaluation["ood_method"] == "maha+energy"

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.procs import ServerProcess, free_port, http
+from harness.procs import ServerProcess, free_port, http
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from service.config import Settings
+from service.core.config import Settings
 from tests.reliability.rel_support import SAMPLE, Probe, read_all, start, status_of
 
 READ_TIMEOUT_S = 2.0

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from service.config import Settings
-from service.dataplane import DataPlane
-from service.metrics import Metrics
-from service.state import ServiceState
+from service.core.config import Settings
+from service.core.dataplane import DataPlane
+from service.core.metrics import Metrics
+from service.core.state import ServiceState
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "models"

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.procs import ServerProcess, free_port
+from harness.procs import ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples"

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from svc_support import ROOT, SAMPLES, start_server
 
-from service.abstats import rate
+from service.core.abstats import rate
 
 FOLDER_NAMES = {"T-shirt/top": "t-shirt-top", "Ankle boot": "ANKLE BOOT"}  # matched ignoring case and punctuation
 
@@ -143,7 +143,7 @@ def test_api_key_from_the_flag_or_the_environment(image_folder, tmp_path):
 ])
 def test_a_bad_labels_json_is_an_input_error(tmp_path, listing, says):
     """A malformed labels.json is a one-line input problem (exit 2), not a traceback."""
-    from service.abeval import EvalError, collect
+    from service.tools.abeval import EvalError, collect
 
     (tmp_path / "a.png").write_bytes((SAMPLES / "fashion-mnist" / "18_bag.png").read_bytes())
     (tmp_path / "labels.json").write_text(listing)
@@ -171,7 +171,7 @@ def test_a_server_that_is_not_rbn_serve_is_one_line_and_exit_1(tmp_path, capsys,
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from service.abeval import run
+    from service.tools.abeval import run
 
     class Other(BaseHTTPRequestHandler):
         def _answer(self, body: bytes) -> None:
@@ -219,7 +219,7 @@ def test_a_server_that_is_not_rbn_serve_is_one_line_and_exit_1(tmp_path, capsys,
 
 
 def test_retry_after_is_read_as_seconds_within_bounds():
-    from service.abeval import _retry_after
+    from service.tools.abeval import _retry_after
 
     assert [_retry_after(v) for v in ("3", "0.5", "999", "-4", None, "", "Wed, 21 Oct 2026 07:28:00 GMT")] == [
         3.0, 0.5, 10.0, 0.0, 1.0, 1.0, 1.0]

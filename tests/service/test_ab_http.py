@@ -7,11 +7,11 @@ import pytest
 import tritonclient.http as triton
 from svc_support import BN, RBN
 
-from rbn.bundle import read_meta
-from rbn.corruptions import corrupt
-from rbn.data import LABELS
-from service.api.schemas.inference import AbResponse
-from service.imaging import Normalizer, decode
+from rbn.contract.bundle import read_meta
+from rbn.contract.corruptions import corrupt
+from rbn.experiments.data import LABELS
+from service.http.routes.schemas.inference import AbResponse
+from service.core.imaging import Normalizer, decode
 
 
 def ab(client, data: bytes, **params):

@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 from svc_support import BN, RBN, start_server
 
-from rbn.bundle import read_meta
-from rbn.corruptions import corrupt
-from service.abstats import rate
-from service.api.schemas.inference import AbResponse, AbSummaryResponse
-from service.imaging import decode
+from rbn.contract.bundle import read_meta
+from rbn.contract.corruptions import corrupt
+from service.core.abstats import rate
+from service.http.routes.schemas.inference import AbResponse, AbSummaryResponse
+from service.core.imaging import decode
 
 
 @pytest.fixture(scope="module")

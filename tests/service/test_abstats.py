@@ -1,4 +1,4 @@
-"""service.abstats: the Wilson interval and the thread-safe, bounded A/B tally behind GET /ab/summary."""
+"""service.core.abstats: the Wilson interval and the thread-safe, bounded A/B tally behind GET /ab/summary."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from service.abstats import AbTally, rate, wilson
+from service.core.abstats import AbTally, rate, wilson
 
 
 @pytest.mark.parametrize(("k", "n", "low", "high", "digits"), [

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from service.batching import Batcher, merge, split
-from service.errors import InferenceFailed, QueueFull, ShuttingDown
+from service.core.batching import Batcher, merge, split
+from service.core.errors import InferenceFailed, QueueFull, ShuttingDown
 
 
 def test_merge_and_split_are_inverse():
@@ -174,9 +174,9 @@ def test_delay_applies_only_with_a_free_slot_while_another_runs():
 
 
 def test_real_runtime_batches_match_singles(bundle_repo):
-    from rbn.bundle import read_meta
-    from service.repository import Bundle
-    from service.runtime import ModelRuntime
+    from rbn.contract.bundle import read_meta
+    from service.core.repository import Bundle
+    from service.core.runtime import ModelRuntime
 
     meta = read_meta(bundle_repo / "test-resnet20-rbn")
     runtime = ModelRuntime(meta, Bundle(meta, bundle_repo / meta.name).onnx_file, "cpu", 1)

@@ -13,9 +13,9 @@ import time
 import numpy as np
 import pytest
 
-from service import requestid
-from service.batching import Batcher
-from service.errors import ClientGone, InferenceFailed, QueueTimeout, Unavailable
+from service.core import requestid
+from service.core.batching import Batcher
+from service.core.errors import ClientGone, InferenceFailed, QueueTimeout, Unavailable
 
 
 async def until(condition, timeout: float = 10.0) -> None:
@@ -71,7 +71,7 @@ def test_one_bad_input_in_a_batch_fails_only_itself_with_a_generic_message(caplo
         await batcher.stop(5)
         return runner, batcher, results
 
-    with caplog.at_level(logging.ERROR, logger="service.batching"):
+    with caplog.at_level(logging.ERROR, logger="service.core.batching"):
         runner, batcher, results = asyncio.run(main())
     assert runner.calls == [1, 3, 1, 1, 1]  # the batch of 3 failed, then each alone
     assert [float(r.outputs[0][0, 0]) for r in (results[0], results[1], results[3])] == [4.0, 8.0, 12.0]
@@ -162,7 +162,7 @@ def test_a_dead_dispatcher_answers_every_waiter_503_at_once(caplog):
         await batcher.stop(5)
         return results, took, batcher
 
-    with caplog.at_level(logging.CRITICAL, logger="service.batching"):
+    with caplog.at_level(logging.CRITICAL, logger="service.core.batching"):
         results, took, batcher = asyncio.run(main())
     assert float(results[0].outputs[0][0, 0]) == 4.0  # the running batch still answers
     assert isinstance(results[1], Unavailable) and results[1].status == 503 and took < 1.0

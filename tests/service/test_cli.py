@@ -8,8 +8,8 @@ import pytest
 from inproc import BN_MODEL, RBN_MODEL, SHIPPED
 
 from service.cli import COMMANDS, build_cli, main
-from service.config import ENV_PREFIX, Settings
-from service.shipped import package_version
+from service.core.config import ENV_PREFIX, Settings
+from service.core.shipped import package_version
 
 
 def _help(capsys, monkeypatch, *argv: str) -> str:

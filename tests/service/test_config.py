@@ -7,7 +7,7 @@ import pytest
 from inproc import ROOT, SHIPPED
 from pydantic import ValidationError
 
-from service.config import ENV_PREFIX, Settings
+from service.core.config import ENV_PREFIX, Settings
 
 
 def test_every_setting_is_documented_in_the_field_and_in_the_readme():
@@ -48,7 +48,7 @@ def test_the_environment_sets_every_field(monkeypatch, tmp_path):
 
 
 def test_the_batching_delay_default_is_the_one_every_triton_config_declares():
-    """One number (rbn.bundle.MAX_QUEUE_DELAY_MS): rbn-serve's default and Triton's config.pbtxt."""
+    """One number (rbn.contract.bundle.MAX_QUEUE_DELAY_MS): rbn-serve's default and Triton's config.pbtxt."""
     delay_us = round(Settings(model_repository=SHIPPED).max_queue_delay_ms * 1000)
     configs = sorted(SHIPPED.glob("*/config.pbtxt"))
     assert delay_us == 2000 and configs

@@ -1,4 +1,4 @@
-"""One exception -> response function for every path (service.errors.answer), in process: status,
+"""One exception -> response function for every path (service.http.errors.answer), in process: status,
 stable code, message, headers, the protocol's error form, and the rejection it counts."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 
-from service import errors
+from service.core import errors
+from service.http.errors import answer
 
 
 def request(path: str, method: str = "POST", route: object = None) -> Request:
@@ -22,7 +23,7 @@ def request(path: str, method: str = "POST", route: object = None) -> Request:
 
 def answered(path: str, exc: BaseException, method: str = "POST", route: object = None):
     rejected = []
-    response = errors.answer(request(path, method, route), exc, lambda r, status, code: rejected.append((status, code)))
+    response = answer(request(path, method, route), exc, lambda r, status, code: rejected.append((status, code)))
     return response.status_code, json.loads(response.body), dict(response.headers), rejected
 
 

@@ -1,4 +1,4 @@
-"""Which requests take the fast path past FastAPI (service.fastpath), where it sits in the
+"""Which requests take the fast path past FastAPI (service.http.fastpath), where it sits in the
 middleware stack, and its error answers. In process: no server."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from service.api import predict
-from service.config import Settings
-from service.fastpath import RawPredict
+from service.http.routes import predict
+from service.core.config import Settings
+from service.http.fastpath import RawPredict
 
 
 def scope(method: str = "POST", path: str = "/predict", content_type: str | None = "image/png") -> dict:
@@ -76,8 +76,8 @@ def test_the_fast_path_is_the_innermost_middleware_and_refuses_dependencies(tmp_
     from fastapi import Depends, FastAPI
     from starlette.middleware.exceptions import ExceptionMiddleware
 
-    from service.app import create_app
-    from service.middleware import RequestGate
+    from service.http.app import create_app
+    from service.http.middleware import RequestGate
 
     app = create_app(Settings())
     assert [m.cls for m in app.user_middleware] == [RequestGate, RawPredict]  # outermost first

@@ -10,8 +10,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from service.auth import Access, KeyConfigError, load_keys, parse_keys
-from service.config import Settings
+from service.http.auth import Access, KeyConfigError, load_keys, parse_keys
+from service.core.config import Settings
 from tests.reliability.rel_support import RBN, SAMPLE, raw, start, status_of
 
 KEYS = ("key-one-11111111", "key-two-22222222")

@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 from svc_support import SAMPLES, encode
 
-from rbn.bundle import InputSpec
-from rbn.data import MEAN, STD, normalize
-from service.errors import CorruptImage, EmptyBody, TooManyPixels, UndecodableImage
-from service.imaging import Normalizer, decode, open_image, render
+from rbn.contract.bundle import InputSpec
+from rbn.experiments.data import MEAN, STD, normalize
+from service.core.errors import CorruptImage, EmptyBody, TooManyPixels, UndecodableImage
+from service.core.imaging import Normalizer, decode, open_image, render
 
 SPEC = InputSpec(channels=1, height=28, width=28, mean=[MEAN], std=[STD])
 RGB_SPEC = InputSpec(channels=3, height=16, width=16, mean=[0.5] * 3, std=[0.25] * 3, invert="never")
@@ -152,7 +152,7 @@ def test_pixel_limit_is_checked_before_decoding():
 
 
 def test_shipped_photos_come_back_close_to_the_originals():
-    from rbn.data import load_split
+    from rbn.experiments.data import load_split
 
     originals = load_split("test").images
     for entry in json.loads((SAMPLES / "photos" / "labels.json").read_text()):

@@ -9,9 +9,9 @@ from svc_support import ROOT
 
 SCRIPT = """
 import asyncio, sys
-from service.app import create_app
+from service.http.app import create_app
 from service.cli import main  # noqa: F401
-from service.config import Settings
+from service.core.config import Settings
 
 async def run():
     app = create_app(Settings(model_repository=sys.argv[1], providers="cpu", max_batch_size=2))
@@ -36,14 +36,14 @@ import importlib, pathlib, sys
 sys.path[:0] = ["tests/service", "tests", "."]
 for path in sorted(pathlib.Path("tests/service").glob("*.py")):  # every test module, fixture and helper
     importlib.import_module(path.stem)
-# bench.procs (the old name of tests/procs.py, a re-export) counts too: no service test needs bench/
+# no service test needs bench/: the server processes come from harness/procs.py
 print(sorted({m for m in sys.modules if m.split(".")[0] in ("torch", "bench")}))
 """
 
 
 def test_the_service_tests_import_neither_torch_nor_bench():
     """Every module under tests/service imported in a fresh interpreter: their bundles come from models/
-    (tests/shipped_bundles.py), their server processes from tests/procs.py."""
+    (tests/shipped_bundles.py), their server processes from harness/procs.py."""
     result = subprocess.run([sys.executable, "-c", HELPERS], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"

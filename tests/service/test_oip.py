@@ -10,9 +10,9 @@ import numpy as np
 import orjson
 import pytest
 
-from rbn.bundle import BundleMeta
-from service.errors import BodyTooLarge, InvalidTensor
-from service.oip import HEADER_LENGTH, decompress, encode_infer, model_metadata, parse_infer
+from rbn.contract.bundle import BundleMeta
+from service.core.errors import BodyTooLarge, InvalidTensor
+from service.core.oip import HEADER_LENGTH, decompress, encode_infer, model_metadata, parse_infer
 
 META = BundleMeta(
     name="m", architecture="resnet20", norm="bn", labels=["a", "b", "c"],

@@ -13,9 +13,9 @@ import onnxruntime as ort
 import pytest
 from svc_support import BN, RBN, encode, start_server
 
-from rbn.bundle import BundleMeta, onnx_path, read_meta, triton_config
-from rbn.data import normalize
-from rbn.ood import rms_score
+from rbn.contract.bundle import BundleMeta, onnx_path, read_meta, triton_config
+from rbn.experiments.data import normalize
+from rbn.contract.ood import rms_score
 from tests.shipped_bundles import write_test_bundles
 
 IMAGES = np.random.default_rng(7).integers(0, 110, (3, 28, 28), dtype=np.uint8)  # dark border: no auto-invert

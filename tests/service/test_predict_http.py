@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from svc_support import BN, RBN, encode
 
-from rbn.data import LABELS
-from service.api.schemas.inference import PredictResponse
+from rbn.experiments.data import LABELS
+from service.http.routes.schemas.inference import PredictResponse
 
 
 def post_image(client, data: bytes, content_type: str = "image/png", **params):
@@ -160,7 +160,7 @@ async def _post_concurrently(url: str, data: bytes, total: int, concurrency: int
 
 def test_serving_does_not_run_the_cyclic_gc(server, client, fmnist_samples):
     """The server freezes its start-up heap and raises the young threshold once models are loaded
-    (service.server.settle_heap). Under concurrent load CPython's defaults ran a young collection
+    (service.http.server.settle_heap). Under concurrent load CPython's defaults ran a young collection
     about every 10 requests and a ~60 ms full collection on the event loop about every 1000."""
     before = _gc_collections(client)
     assert set(before) == {"0", "1", "2"}
@@ -172,7 +172,7 @@ def test_serving_does_not_run_the_cyclic_gc(server, client, fmnist_samples):
 
 
 def test_raw_body_and_multipart_take_different_paths_to_the_same_answer(client, fmnist_samples):
-    """A raw image body is answered past FastAPI's routing (service.fastpath), multipart through
+    """A raw image body is answered past FastAPI's routing (service.http.fastpath), multipart through
     it: answers, errors and the route label of the rejection counter must not tell them apart."""
     name, data, _ = fmnist_samples[3]
     raw = post_image(client, data, "application/octet-stream", top_k=5).json()["predictions"][0]

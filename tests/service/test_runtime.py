@@ -9,9 +9,9 @@ import onnxruntime
 import pytest
 from svc_support import BN, RBN
 
-from rbn.bundle import BundleError, read_meta
-from service.repository import Bundle, scan
-from service.runtime import ModelRuntime, ProviderError, default_threads, provider_list
+from rbn.contract.bundle import BundleError, read_meta
+from service.core.repository import Bundle, scan
+from service.core.runtime import ModelRuntime, ProviderError, default_threads, provider_list
 
 
 def test_session_runs_and_warms_up(bundle_repo):
@@ -104,10 +104,10 @@ def test_scan_reports_bad_bundles(served_repo):
 
 
 def test_load_all_skips_any_failure_but_provider_errors(bundle_repo, monkeypatch):
-    from service import model
-    from service.config import Settings
-    from service.decoding import Decoder
-    from service.metrics import Metrics
+    from service.core import model
+    from service.core.config import Settings
+    from service.core.decoding import Decoder
+    from service.core.metrics import Metrics
 
     bundles = scan(bundle_repo).bundles
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rbn.bundle import BundleMeta
-from rbn.corruptions import corrupt
-from rbn.bundle import GraphOodCalibration
-from rbn.ood import calibrate_rms as calibrate, rms_score as score
-from service.compare import corrupt_images, kl_divergence, l1_distance, verdict
-from service.model import parse_label
-from service.errors import InvalidArgument
-from service.ood import OodScorer
-from service.predictions import describe, softmax, top_k
+from rbn.contract.bundle import BundleMeta
+from rbn.contract.corruptions import corrupt
+from rbn.contract.bundle import GraphOodCalibration
+from rbn.contract.ood import calibrate_rms as calibrate, rms_score as score
+from service.core.compare import corrupt_images, kl_divergence, l1_distance, verdict
+from service.core.model import parse_label
+from service.core.errors import InvalidArgument
+from service.core.ood import OodScorer
+from service.core.predictions import describe, softmax, top_k
 
 
 def meta(ood=None) -> BundleMeta:

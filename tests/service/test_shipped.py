@@ -8,7 +8,7 @@ import sys
 import pytest
 from svc_support import ROOT
 
-from service.shipped import default_model_repository, shipped_models, write_shipped_models
+from service.core.shipped import default_model_repository, shipped_models, write_shipped_models
 
 
 def bundle_files(folder) -> dict[str, bytes]:

@@ -14,7 +14,7 @@ from skip_policy import allowed_skip
 from svc_support import BN, BROKEN, RBN, ROOT, start_server, write_batch_one_bundle
 
 from service.cli import build_cli
-from service.config import Settings
+from service.core.config import Settings
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -95,7 +95,7 @@ def test_validate_command(bundle_repo, served_repo):
 def test_graph_that_onnx_runtime_cannot_load_is_skipped_and_fatal_when_alone(bundle_repo, tmp_path):
     import json
 
-    from rbn.bundle import write_bundle
+    from rbn.contract.bundle import write_bundle
 
     fields = json.loads((bundle_repo / BN / "model.json").read_text())
     fields.pop("onnx_sha256")
@@ -136,7 +136,7 @@ def test_cuda_listed_but_unusable_fails_before_listening(bundle_repo, monkeypatc
 
     import onnxruntime
 
-    from service import server
+    from service.http import server
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         allowed_skip("cuda-present", "this machine's onnxruntime has CUDA; the GPU check covers it")
@@ -148,7 +148,7 @@ def test_cuda_listed_but_unusable_fails_before_listening(bundle_repo, monkeypatc
     listened = []
     monkeypatch.setattr(server.DrainingServer, "run", lambda self, *a, **k: listened.append(True))
     settings = Settings(model_repository=bundle_repo, providers="cuda", port=port)
-    with caplog.at_level("CRITICAL", logger="service.server"):
+    with caplog.at_level("CRITICAL", logger="service.http.server"):
         assert server.serve(settings) == 1
     assert not listened, "uvicorn was started although providers=cuda cannot be met"
     assert any("cannot start:" in r.getMessage() and "providers=cuda but the session runs on ['CPUExecutionProvider']"

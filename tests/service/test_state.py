@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from inproc import BN_MODEL, RBN_MODEL, SHIPPED, in_process
 
-from service.config import Settings
-from service.errors import ModelNotFound, NotReady, ShuttingDown
-from service.metrics import Metrics
-from service.state import ServiceState, StartupError
+from service.core.config import Settings
+from service.core.errors import ModelNotFound, NotReady, ShuttingDown
+from service.core.metrics import Metrics
+from service.core.state import ServiceState, StartupError
 
 
 def test_lookup_primary_unknown_and_live_state():

@@ -17,9 +17,9 @@ import httpx
 import pytest
 from svc_support import RBN, ROOT, ServiceProcess
 
-from service.config import Settings
-from service.workers import worker_settings
-from tests.procs import process_tree
+from service.core.config import Settings
+from service.http.workers import worker_settings
+from harness.procs import process_tree
 
 SAMPLE = (ROOT / "samples" / "fashion-mnist" / "0_ankle-boot.png").read_bytes()
 
@@ -146,7 +146,7 @@ def test_a_port_in_use_fails_once_with_one_clear_line(served_repo, tmp_path):
 
 
 def test_each_worker_takes_its_share_of_the_cpus_for_onnx_runtime(tmp_path, monkeypatch):
-    monkeypatch.setattr("service.workers.available_cpus", lambda: 8)
+    monkeypatch.setattr("service.http.workers.available_cpus", lambda: 8)
     shares = {n: worker_settings(Settings(model_repository=tmp_path, workers=n)).intra_op_threads for n in (1, 2, 4, 8, 16)}
     assert shares == {1: 7, 2: 3, 4: 2, 8: 1, 16: 1}  # default_threads of 8, 4, 2, 1, 1 CPUs: each has its own loop
     chosen = Settings(model_repository=tmp_path, workers=4, intra_op_threads=3)

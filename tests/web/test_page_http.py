@@ -8,7 +8,7 @@ import httpx
 import pytest
 from web_support import SAMPLES, STATIC, is_local, references
 
-from rbn.corruptions import CORRUPTION_NAMES
+from rbn.contract.corruptions import CORRUPTION_NAMES
 
 PAGE_BUDGET = 250_000  # bytes: the page and every asset it loads
 

@@ -14,7 +14,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.procs import ServerProcess, free_port
+from harness.procs import ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"

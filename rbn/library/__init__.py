@@ -1,0 +1,1 @@
+"""The torch library: the RBN layer, conversion, folding, architectures and ONNX export."""

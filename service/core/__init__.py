@@ -1,0 +1,1 @@
+"""The protocol-neutral core: models, batcher, runtime, imaging, data plane, errors, settings and metrics. Imports no web framework."""

@@ -1,0 +1,155 @@
+"""Service settings: environment variables with the ``RBN_SERVE_`` prefix, overridable by CLI flags.
+
+Passed to ``create_app(settings)``; never read from a global. Invalid values fail at start-up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rbn.contract.bundle import MAX_QUEUE_DELAY_MS
+from service.core.shipped import default_model_repository
+
+ENV_PREFIX = "RBN_SERVE_"
+
+
+class Settings(BaseSettings):
+    """Every knob of the server. Each field is ``RBN_SERVE_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", use_attribute_docstrings=True)
+
+    # --- model repository -------------------------------------------------------------------
+    model_repository: Path = Field(default_factory=default_model_repository)
+    """Folder of model bundles (`<name>/model.json`, `<name>/<version>/model.onnx`); default: ./models if present, else the bundles shipped in the package."""
+    primary_model: str | None = None
+    """Model used when a request names none; default: the first RBN bundle by name."""
+
+    # --- HTTP -------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    """Interface to bind; use 0.0.0.0 in a container."""
+    port: int = Field(8000, ge=0, le=65535)
+    """TCP port to listen on."""
+    log_format: Literal["text", "json"] = "text"
+    """Log lines as plain text or one JSON object per line."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Minimum level of log lines."""
+    access_log: bool = False
+    """Log every HTTP request (costs time on the hot path)."""
+    listen_backlog: int = Field(2048, ge=1)
+    """Connections the kernel queues before the server accepts them (listen(2) backlog)."""
+    workers: int = Field(1, ge=1, le=64)
+    """Server processes sharing the port, each with its own models, batcher and event loop (every limit is per
+    worker); /metrics sums them all. More than 1 lets HTTP work use several cores (BENCHMARKS.md); on a GPU
+    every worker holds its own copy of the models in GPU memory."""
+
+    # --- ONNX Runtime -----------------------------------------------------------------------
+    providers: Literal["auto", "cuda", "cpu"] = "auto"
+    """auto: CUDA when available, else CPU; cuda: CUDA or fail at start-up; cpu: CPU only."""
+    intra_op_threads: int = Field(0, ge=0)
+    """ONNX Runtime threads per inference; 0 picks all CPUs on 1-2, else min(8, CPUs - 1) (one core left to the HTTP loop),
+    counting each worker's share of the CPUs (CPUs / workers)."""
+    cuda_device: int = Field(0, ge=0)
+    """GPU index used by the CUDA provider."""
+
+    # --- dynamic batching -------------------------------------------------------------------
+    max_batch_size: int = Field(32, ge=1)
+    """Largest batch, in images, the batcher forms (capped by each bundle's own max_batch_size)."""
+    max_queue_delay_ms: float = Field(MAX_QUEUE_DELAY_MS, ge=0)  # also every config.pbtxt's (rbn.contract.bundle)
+    """With an inference slot free, how long a batch waits for more requests; an idle runtime runs at once."""
+    max_queue_size: int = Field(256, ge=1)
+    """Images waiting per model; beyond it requests get 503 with Retry-After at once (must be >= max_batch_size and max_files).
+    It is also the most images one request may hold: all its batches must fit in the queue at once."""
+    instances: int = Field(1, ge=1, le=16)
+    """Batches of one model that may run at the same time (Triton's instance count)."""
+
+    # --- limits -----------------------------------------------------------------------------
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    """Largest request body (413 beyond it)."""
+    max_image_pixels: int = Field(4096 * 4096, ge=64)
+    """Largest width x height of an uploaded image, checked before decoding (413 beyond it)."""
+    max_files: int = Field(16, ge=1)
+    """Most images in one multipart request (413 beyond it)."""
+    max_form_fields: int = Field(32, ge=1)
+    """Most non-file fields in one multipart request (422 beyond it)."""
+    max_form_field_bytes: int = Field(64 * 1024, ge=1024)
+    """Largest non-file field of a multipart request (422 beyond it)."""
+    default_top_k: int = Field(3, ge=1)
+    """Labels returned per image when the request does not say."""
+    retry_after_s: int = Field(1, ge=0)
+    """Value of the Retry-After header on every 503 answer that asks to retry (queue full, still loading)."""
+
+    # --- decoding ---------------------------------------------------------------------------
+    inline_decode_pixels: int = Field(256 * 256, ge=0)
+    """Images of up to this many pixels (and inline_body_bytes bytes) are decoded on the event loop (cheaper than a thread hop); others in the decode pool."""
+    decode_threads: int = Field(0, ge=0)
+    """Threads of the decode pool for large images; 0 picks min(4, CPUs)."""
+    inline_body_bytes: int = Field(16 * 1024, ge=0)
+    """Uploads and uncompressed /v2 bodies of up to this many bytes are opened and parsed on the event loop; larger ones (and every compressed body) in the decode pool."""
+    decode_queue_size: int = Field(64, ge=0)
+    """Decode jobs waiting for a pool thread at most; beyond it 503 decode_busy with Retry-After, at once."""
+    max_request_pixels: int = Field(4096 * 4096, ge=64)
+    """Pixels of all the images of one request together (width x height summed over files), checked before decoding (413 beyond it)."""
+
+    # --- access -----------------------------------------------------------------------------
+    api_key: SecretStr | None = None
+    """API key(s) every data route requires as `Authorization: Bearer <key>`; several keys (rotation) separated by commas or whitespace. Unset (and no api_key_file): no key is required."""
+    api_key_file: Path | None = None
+    """File holding the API key(s), one per line (a mounted secret); read once at start-up, added to api_key."""
+    metrics_require_key: bool = False
+    """/metrics also requires the API key (it is open by default so Prometheus scrapes without one)."""
+    docs: bool = True
+    """Serve /docs and /openapi.json (open: they describe the API and carry no data); --no-docs turns them off."""
+
+    # --- deadlines and connections ----------------------------------------------------------
+    read_timeout_s: float = Field(30.0, gt=0.0)
+    """Longest time to receive a request's headers and body, from its first byte (or the connection opening); beyond it 408 and the connection is closed."""
+    keep_alive_timeout_s: float = Field(5.0, gt=0.0)
+    """An idle keep-alive connection is closed after this many seconds without a new request."""
+    max_connections: int = Field(1000, ge=1)
+    """Open HTTP connections at most; a request on a connection beyond it gets 503 (with Retry-After) and the connection is closed."""
+    max_queue_wait_s: float = Field(10.0, gt=0.0)
+    """Longest time a request's images wait in the batch queue; beyond it 503 queue_timeout with Retry-After."""
+    unready_after_failures: int = Field(5, ge=1)
+    """Consecutive failed inference batches after which readiness turns false (the next success turns it back)."""
+
+    # --- shadow traffic and shutdown --------------------------------------------------------
+    shadow_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    """Fraction of /predict requests whose images also run on the model's baseline, off the request path."""
+    shadow_max_pending: int = Field(1024, ge=1)
+    """Shadow runs waiting or running at most; beyond it they are dropped (counted as backlog)."""
+    drain_delay_s: float = Field(0.0, ge=0.0)
+    """After SIGTERM: seconds to keep serving with readiness false before closing the listener."""
+    graceful_timeout_s: float = Field(30.0, gt=0.0)
+    """After the listener closes: the longest wait for in-flight requests to finish."""
+
+    @field_validator("model_repository")
+    @classmethod
+    def _repository_exists(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"model repository {str(value)!r} is not a directory")
+        return value
+
+    @field_validator("api_key_file")
+    @classmethod
+    def _key_file_readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"API key file {str(value)!r} is not a readable file")
+        return value
+
+    @field_validator("primary_model")
+    @classmethod
+    def _primary_name(cls, value: str | None) -> str | None:
+        return value or None
+
+    @model_validator(mode="after")
+    def _queue_holds_a_batch(self) -> Settings:
+        if self.max_queue_size < self.max_batch_size:
+            raise ValueError(f"max_queue_size ({self.max_queue_size}) must be >= max_batch_size ({self.max_batch_size})")
+        if self.max_queue_size < self.max_files:
+            raise ValueError(f"max_queue_size ({self.max_queue_size}) must be >= max_files ({self.max_files}): "
+                             "a request of max_files images must fit in the queue")
+        return self

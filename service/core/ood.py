@@ -1,0 +1,42 @@
+"""The OOD block of an answer: the bundle's calibrated score, its flag and the per-layer `rbn_stats`.
+
+Bundles made with the graph score (model.json ``ood.kind == "graph"``) carry the score as the
+graph's `ood_score` output, so the service only reads it; older bundles are scored here from
+`rbn_stats` with ``rbn.contract.ood.rms_score``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rbn.contract.bundle import BundleMeta, GraphOodCalibration, OodCalibration
+from rbn.contract.ood import rms_score
+
+
+class OodScorer:
+    """Scores for one bundle: the graph's own, or its older rbn_stats calibration's."""
+
+    def __init__(self, meta: BundleMeta) -> None:
+        self.layers = list(meta.stats_layers)
+        calibration = meta.ood
+        self.calibrated = calibration is not None
+        self.in_graph = isinstance(calibration, GraphOodCalibration)
+        self.threshold = None if calibration is None else float(calibration.threshold)
+        self.rms_calibration = calibration if isinstance(calibration, OodCalibration) else None
+
+    def scores(self, stats: np.ndarray, graph_score: np.ndarray | None = None) -> np.ndarray | None:
+        """(N,) scores from the graph's `ood_score` (N, 1) or from `rbn_stats` (N, L); None when uncalibrated."""
+        if not self.calibrated:
+            return None
+        if self.in_graph:
+            return np.asarray(graph_score, np.float64).reshape(-1)
+        return rms_score(stats, self.rms_calibration)
+
+    def block(self, stats_row: np.ndarray, score: float | None) -> dict:
+        """The per-image ``ood`` object of an answer."""
+        return {
+            "score": None if score is None else float(score),
+            "flag": None if score is None else bool(score > self.threshold),
+            "threshold": self.threshold,
+            "stats": dict(zip(self.layers, stats_row.tolist(), strict=True)),
+        }

@@ -1,0 +1,39 @@
+"""Logits -> probabilities and the per-image answer (top-k labels, OOD block)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from service.core.ood import OodScorer
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 (stable for large logits)."""
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def top_k(probs: np.ndarray, k: int) -> np.ndarray:
+    """(N, K) -> (N, k) class indices by falling probability (ties: lower index first)."""
+    return np.argsort(-probs, axis=1, kind="stable")[:, :k]
+
+
+def describe(probs: np.ndarray, stats: np.ndarray, scores: np.ndarray | None, labels: list[str],
+             scorer: OodScorer, k: int) -> list[dict]:
+    """The answer for each image: predicted label, top-k with probabilities, OOD block (``scores``
+    from ``scorer.scores``)."""
+    k = min(k, len(labels))
+    best = top_k(probs, k)
+    answers = []
+    for i, row in enumerate(best.tolist()):
+        p = probs[i]
+        answers.append({
+            "label": labels[row[0]],
+            "index": row[0],
+            "probability": float(p[row[0]]),
+            "top_k": [{"label": labels[j], "index": j, "probability": float(p[j])} for j in row],
+            "ood": scorer.block(stats[i], None if scores is None else scores[i]),
+        })
+    return answers

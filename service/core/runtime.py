@@ -1,0 +1,181 @@
+"""One ONNX Runtime session per model: providers, the graph/metadata check, warm-up, run."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+from rbn.contract.bundle import BundleError, BundleMeta, graph_outputs
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+class ProviderError(RuntimeError):
+    """The requested execution provider is not what the session runs on."""
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_threads(cpus: int | None = None) -> int:
+    """Every core on one or two, else leave one core to the HTTP event loop; at most 8.
+
+    On the 2-core VM (bench/service_variants.py, shipped models, idle-thread spinning off) 2
+    threads against 1 gave 8% more throughput at concurrency 16 and 24% more at 64, but 20% less
+    at 4 (BENCHMARKS.md): the event loop needs about 0.4 of a core, a second ORT thread uses the rest.
+    Tiny models gain nothing past 8.
+    """
+    cpus = available_cpus() if cpus is None else cpus
+    return max(1, min(8, cpus if cpus <= 2 else cpus - 1))
+
+
+def provider_list(providers: str, cuda_device: int = 0) -> list:
+    """What to ask ONNX Runtime for under the ``providers`` setting (auto | cuda | cpu)."""
+    available = ort.get_available_providers()
+    cuda = (CUDA, {"device_id": cuda_device})
+    if providers == "cpu":
+        return [CPU]
+    if providers == "cuda":
+        if CUDA not in available:
+            raise ProviderError(
+                f"providers=cuda but this onnxruntime build offers {available}; install onnxruntime-gpu "
+                "with a matching CUDA, or set providers=cpu"
+            )
+        return [cuda, CPU]
+    return [cuda, CPU] if CUDA in available else [CPU]
+
+
+def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
+    """The session options of every model (also what bench/gpu_bench.py measures with)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = intra_op_threads or default_threads()
+    options.inter_op_num_threads = 1
+    # Idle ONNX Runtime threads must not spin on the cores the HTTP loop needs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
+
+
+class ModelRuntime:
+    """An ONNX Runtime session for one bundle. ``run`` is thread-safe and blocks: call it off the event loop."""
+
+    def __init__(self, meta: BundleMeta, onnx_file: str | os.PathLike, providers: str = "auto",
+                 intra_op_threads: int = 0, cuda_device: int = 0) -> None:
+        self.meta = meta
+        options = session_options(intra_op_threads)
+        self.session = _load(meta, onnx_file, options, provider_list(providers, cuda_device))
+        self.providers = self.session.get_providers()
+        if providers == "cuda" and CUDA not in self.providers:
+            raise ProviderError(f"{meta.name}: providers=cuda but the session runs on {self.providers}")
+        if providers == "auto" and CUDA in ort.get_available_providers() and CUDA not in self.providers:
+            log.warning("%s: CUDA is available but the session fell back to %s", meta.name, self.providers)
+        self.provider = "cuda" if self.providers[0] == CUDA else "cpu"
+        check_io(self.session, meta)
+        self.input_name = meta.input.name
+        self.output_names = list(graph_outputs(meta))
+        # A batch of one image on a small graph runs faster on one thread than split across several:
+        # each parallel section wakes the other (sleeping, non-spinning) threads for a few microseconds
+        # of work. A second, one-thread session takes single images when warm_up measures it faster.
+        self.intra_op_threads = options.intra_op_num_threads
+        self._single: ort.InferenceSession | None = None
+        if self.provider == "cpu" and self.intra_op_threads > 1:
+            self._single = _load(meta, onnx_file, session_options(1), [CPU])
+
+    @property
+    def single_image_threads(self) -> int | None:
+        """ORT threads a batch of one image runs on, when that differs from larger batches."""
+        return 1 if self._single is not None else None
+
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(N, C, H, W) float32 -> the graph's outputs in ``output_names`` order: logits (N, K),
+        rbn_stats (N, L), then rbn_channel_stats (N, sum C) and ood_score (N, 1) where the bundle has them."""
+        single = self._single  # read once: warm_up may drop it while another thread runs
+        session = single if len(x) == 1 and single is not None else self.session
+        return tuple(session.run(self.output_names, {self.input_name: x}))
+
+    def warm_up(self, max_batch_size: int) -> float:
+        """Run every batch size 1..max_batch_size once (allocations, kernels, cuDNN searches); seconds taken."""
+        spec = self.meta.input
+        zeros = np.zeros((max_batch_size, spec.channels, spec.height, spec.width), np.float32)
+        start = time.perf_counter()
+        for n in range(1, max_batch_size + 1):
+            try:
+                outputs = self.run(zeros[:n])
+            except Exception as exc:  # a graph that fails at some batch size, CUDA out of memory
+                first = str(exc).partition("\n")[0]
+                raise BundleError(f"{self.meta.name}: warm-up with a batch of {n} failed: {first}") from None
+            shapes = [o.shape for o in outputs]
+            if shapes != [(n, *dims) for dims in graph_outputs(self.meta).values()]:
+                raise BundleError(f"{self.meta.name}: batch of {n} gave outputs of shapes {shapes}")
+        if self._single is not None:
+            self._keep_single_if_faster(zeros[:1])
+        return time.perf_counter() - start
+
+    def _keep_single_if_faster(self, one: np.ndarray, rounds: int = 9) -> None:
+        """Time one image on both sessions, interleaved; drop the one-thread session unless its median wins."""
+        feeds = {self.input_name: one}
+        timings: dict[str, list[float]] = {"single": [], "shared": []}
+        for _ in range(rounds):
+            for name, session in (("single", self._single), ("shared", self.session)):
+                started = time.perf_counter()
+                session.run(self.output_names, feeds)
+                timings[name].append(time.perf_counter() - started)
+        single, shared = (float(np.median(timings[k])) * 1e3 for k in ("single", "shared"))
+        if single >= shared:
+            self._single = None
+        log.info("%s: one image takes %.3f ms on 1 thread, %.3f ms on %d; single images run on %s",
+                 self.meta.name, single, shared, self.intra_op_threads,
+                 "1 thread" if self._single is not None else "the shared session")
+
+
+def _load(meta: BundleMeta, onnx_file: str | os.PathLike, options: ort.SessionOptions,
+          providers: list) -> ort.InferenceSession:
+    try:
+        session = ort.InferenceSession(str(onnx_file), options, providers=providers)
+    except ProviderError:
+        raise
+    except Exception as exc:  # onnxruntime raises its own unrelated exception types
+        raise BundleError(f"{meta.name}: ONNX Runtime cannot load the graph: {str(exc).splitlines()[0]}") from None
+    # ORT's Python run() catches an execution-provider failure, switches the session to the CPU for
+    # good and retries, only printing it: `provider` would then be wrong. Let the failure surface.
+    session.disable_fallback()
+    return session
+
+
+def check_io(session: ort.InferenceSession, meta: BundleMeta) -> None:
+    """The graph takes [batch, C, H, W] and gives the outputs model.json declares (rbn.contract.bundle.graph_outputs)."""
+    spec = meta.input
+    expected = {
+        "input": {spec.name: [spec.channels, spec.height, spec.width]},
+        "output": graph_outputs(meta),
+    }
+    actual = {
+        "input": {i.name: (i.shape, i.type) for i in session.get_inputs()},
+        "output": {o.name: (o.shape, o.type) for o in session.get_outputs()},
+    }
+    for kind in ("input", "output"):
+        if set(actual[kind]) != set(expected[kind]):
+            raise BundleError(
+                f"{meta.name}: graph {kind}s are {sorted(actual[kind])}, model.json expects {sorted(expected[kind])}"
+            )
+        for name, want in expected[kind].items():
+            shape, dtype = actual[kind][name]
+            if dtype != "tensor(float)":
+                raise BundleError(f"{meta.name}: {kind} {name!r} is {dtype}, expected tensor(float)")
+            batch_ok = len(shape) == len(want) + 1 and not (isinstance(shape[0], int) and shape[0] not in (0, -1))
+            if not batch_ok or list(shape[1:]) != want:
+                dims = ", ".join(map(str, want))
+                raise BundleError(f"{meta.name}: {kind} {name!r} has shape {shape}, expected [batch, {dims}]")

@@ -1,0 +1,128 @@
+"""Run the app under uvicorn with a graceful SIGTERM: readiness false, optional drain delay while
+still serving, then uvicorn stops accepting, finishes in-flight requests, and the lifespan drains
+the batch queues. Exits 0 after a graceful stop, 1 when model loading failed or the API key
+configuration is unusable. The HTTP protocol is uvicorn's httptools one with a read deadline and a
+connection cap (``service.http.connections``); idle keep-alive connections close after
+``keep_alive_timeout_s``."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import signal
+import socket
+import threading
+from types import FrameType
+
+import uvicorn
+
+from service.http.app import create_app
+from service.http.auth import KeyConfigError
+from service.core.config import Settings
+from service.http.connections import guarded_protocol
+from service.core.metrics import Metrics
+from service.http.middleware import UNMATCHED
+from service.core.state import ServiceState, StartupError
+
+log = logging.getLogger(__name__)
+
+GC_YOUNG_THRESHOLD = 10_000  # allocations between young collections (CPython's default: 700)
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, state: ServiceState, drain_delay_s: float) -> None:
+        super().__init__(config)
+        self.state = state
+        self.drain_delay_s = drain_delay_s
+        self._draining = False
+        state.on_fatal = self._fatal
+        self.failed = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining:  # a second signal: stop waiting
+            if sig == signal.SIGINT or self.should_exit:
+                self.force_exit = True
+            return
+        self._draining = True
+        self.state.begin_drain()
+        log.info("signal %s: draining (delay %.1f s, then up to %.0f s for in-flight requests)",
+                 signal.Signals(sig).name, self.drain_delay_s, self.config.timeout_graceful_shutdown or 0)
+        if self.drain_delay_s > 0:
+            timer = threading.Timer(self.drain_delay_s, self._stop_accepting)
+            timer.daemon = True
+            timer.start()
+        else:
+            self._stop_accepting()
+
+    def _stop_accepting(self) -> None:
+        self.should_exit = True
+
+    def _fatal(self, message: str) -> None:
+        self.failed = True
+        self.should_exit = True
+
+
+def serve(settings: Settings) -> int:
+    """Serve until SIGTERM/SIGINT; returns the process exit code. With ``workers`` > 1 this process
+    binds the port and supervises that many worker processes (``service.http.workers``)."""
+    if settings.workers > 1:
+        from service.http.workers import Supervisor
+
+        return Supervisor(settings, serve_worker).run()
+    return serve_worker(settings)
+
+
+def serve_worker(settings: Settings, sock: socket.socket | None = None, metrics: Metrics | None = None) -> int:
+    """One server process: on ``sock`` when a supervisor bound it, else on settings.host:port."""
+    try:
+        app = create_app(settings, metrics)
+    except KeyConfigError as exc:
+        log.critical("cannot start: %s", exc)
+        return 1
+    metrics = app.state.service.metrics
+    try:
+        app.state.service.prepare()
+    except StartupError as exc:
+        log.critical("cannot start: %s", exc)
+        return 1
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=settings.graceful_timeout_s,
+        lifespan="on",
+        backlog=settings.listen_backlog,
+        server_header=False,
+        timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type] # call_later takes a float
+        http=guarded_protocol(settings.read_timeout_s, settings.max_connections, settings.retry_after_s,
+                              lambda reason: metrics.rejected.labels(UNMATCHED, reason).inc()),
+    )
+    app.state.service.on_ready = settle_heap
+    server = DrainingServer(config, app.state.service, settings.drain_delay_s)
+    server.run(sockets=[sock] if sock is not None else None)
+    code = 1 if server.failed or not server.started else 0
+    unfinished = app.state.service.unfinished()
+    if unfinished:
+        # A thread still inside ONNX Runtime (a hung inference, a warm-up) would be torn down mid-call
+        # by the interpreter's exit, which aborts the process: leave at once, the log flushed.
+        log.warning("exiting with work still running: %s", "; ".join(unfinished))
+        logging.shutdown()
+        os._exit(code)
+    return code
+
+
+def settle_heap() -> None:
+    """Once the models are loaded: take the ~70k objects of imports, sessions and metadata out of
+    the cyclic GC's sight, and collect the young generation less often.
+
+    Measured under load on the 2-core VM (gc.callbacks timing, wrk at concurrency 16): without
+    this a full collection (~60 ms, on the event loop) ran about once a second and the GC took
+    ~15% of the event loop's CPU; with it, none in 10 s. A request's objects are freed by
+    reference counting; the higher threshold only delays collecting the rare cycle.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])

@@ -1,0 +1,212 @@
+"""``--workers N``: N server processes on one listening socket, kept running by this (parent) process.
+
+Why: one process has one event loop, so its HTTP work (parsing, routing, JSON, metrics) is serial
+and, on a small machine, leaves cores idle while it waits; several processes do that work in
+parallel (BENCHMARKS.md, "`--workers 2` against one process"). Each worker is a whole server: its own models, batcher, event
+loop and limits. The cost is memory (every worker holds the models; on a GPU, GPU memory too) and
+batching per worker rather than across them.
+
+The parent binds the port (a port in use fails once, at once), makes the folder where the workers'
+metric values meet (``service.core.metrics.share_between_processes``), then forks the workers before it
+has started any thread or opened any model. Afterwards it only waits:
+
+- SIGTERM or SIGINT: one SIGTERM to every worker; each drains as a lone server does, and the parent
+  exits when all have: 0 if every worker exited 0. A second signal is passed on as it is (a second
+  Ctrl-C stops the workers without waiting).
+- A worker that exits 1 could not start or hit a fatal error (a bad bundle or key file): the others
+  are stopped and the parent exits 1, as a lone server would.
+- A worker that dies otherwise (killed, crashed) is replaced at once. More than ``MAX_DEATHS``
+  deaths within ``DEATH_WINDOW_S`` stop the server (exit 1) instead of looping.
+
+Workers sit in their own process group, so a terminal's Ctrl-C reaches only the parent (which
+passes one SIGTERM on), and ask Linux for SIGTERM should the parent die (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+from prometheus_client.multiprocess import mark_process_dead
+
+from service.core.config import Settings
+from service.core.metrics import Metrics, share_between_processes
+from service.core.runtime import available_cpus, default_threads
+
+log = logging.getLogger(__name__)
+
+MAX_DEATHS = 5
+DEATH_WINDOW_S = 60.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+ServeWorker = Callable[[Settings, socket.socket, Metrics], int]
+
+
+def listen(host: str, port: int, backlog: int) -> socket.socket:
+    """A listening TCP socket the forked workers share (port 0: the kernel picks one)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def worker_settings(settings: Settings) -> Settings:
+    """Each worker's share of the CPUs for ONNX Runtime when the threads are left to the default."""
+    if settings.intra_op_threads:
+        return settings
+    share = max(1, available_cpus() // settings.workers)
+    return settings.model_copy(update={"intra_op_threads": default_threads(share)})
+
+
+class Supervisor:
+    """The parent process of ``--workers``: listens, forks the workers, replaces the dead, stops them all."""
+
+    def __init__(self, settings: Settings, serve_worker: ServeWorker) -> None:
+        self.settings = settings
+        self.serve_worker = serve_worker
+        self.children: dict[int, int] = {}  # pid -> worker index
+        self.stopping = False
+        self._deaths: deque[float] = deque()
+
+    def run(self) -> int:
+        """Serve with ``settings.workers`` processes until stopped; the exit code."""
+        settings = self.settings
+        try:
+            sock = listen(settings.host, settings.port, settings.listen_backlog)
+        except OSError as exc:
+            log.critical("cannot start: cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror or exc)
+            return 1
+        if threading.active_count() > 1:  # a fork copies only the calling thread: workers would inherit broken locks
+            log.warning("forking workers with %d threads running", threading.active_count())
+        folder = Path(tempfile.mkdtemp(prefix="rbn-serve-metrics-"))
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+        host, port = sock.getsockname()[:2]
+        log.info("listening on %s:%d with %d worker processes (metric values in %s)", host, port, settings.workers, folder)
+        try:
+            for index in range(settings.workers):
+                if self.stopping:  # a signal came while the first workers started: start no more
+                    break
+                self._spawn(index, sock, folder)
+            return self._wait(sock, folder)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            sock.close()
+            shutil.rmtree(folder, ignore_errors=True)
+
+    # --- parent -----------------------------------------------------------------------------
+    def _on_signal(self, sig: int, frame) -> None:
+        if not self.stopping:
+            self.stopping = True
+            log.info("signal %s: stopping %d worker(s)", signal.Signals(sig).name, len(self.children))
+            self._send(signal.SIGTERM)
+        else:
+            self._send(sig)
+
+    def _send(self, sig: int) -> None:
+        for pid in list(self.children):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def _wait(self, sock: socket.socket, folder: Path) -> int:
+        code = 0
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            index = self.children.pop(pid, None)
+            if index is None:
+                continue
+            mark_process_dead(pid, str(folder))  # its live gauges leave the sums
+            exit_code = os.waitstatus_to_exitcode(status)
+            if self.stopping:  # killed by our SIGTERM before it could drain (still starting): a clean stop too
+                code = max(code, 0 if exit_code in (0, -signal.SIGTERM) else 1)
+                continue
+            if exit_code == 1:
+                log.critical("worker %d (pid %d) exited 1; stopping the other workers", index, pid)
+                code = 1
+                self._stop()
+                continue
+            now = time.monotonic()
+            self._deaths.append(now)
+            while self._deaths and now - self._deaths[0] > DEATH_WINDOW_S:
+                self._deaths.popleft()
+            if len(self._deaths) > MAX_DEATHS:
+                log.critical("workers died %d times within %.0f s; stopping", len(self._deaths), DEATH_WINDOW_S)
+                code = 1
+                self._stop()
+                continue
+            log.error("worker %d (pid %d) %s; starting another", index, pid, _ended(exit_code))
+            self._spawn(index, sock, folder)
+        return code
+
+    def _stop(self) -> None:
+        self.stopping = True
+        self._send(signal.SIGTERM)
+
+    def _spawn(self, index: int, sock: socket.socket, folder: Path) -> None:
+        # Signals wait until the new worker is in self.children, so a stop never misses it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._worker(index, sock, folder)  # never returns
+            self.children[pid] = index
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+    # --- worker -----------------------------------------------------------------------------
+    def _worker(self, index: int, sock: socket.socket, folder: Path) -> None:
+        code = 1
+        try:
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            os.setpgid(0, 0)
+            _die_with_parent()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            share_between_processes(folder)
+            code = self.serve_worker(worker_settings(self.settings), sock, Metrics(folder))
+        except BaseException:  # noqa: BLE001 - a worker must leave through os._exit, whatever happened
+            log.exception("worker %d failed", index)
+        finally:
+            logging.shutdown()
+            os._exit(code)  # never run the parent's clean-up (its finally blocks, atexit) in a worker
+
+
+def _die_with_parent() -> None:
+    """Ask Linux for SIGTERM when the parent dies (a SIGKILLed supervisor leaves no orphans)."""
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _ended(exit_code: int) -> str:
+    if exit_code < 0:
+        return f"was killed by {signal.Signals(-exit_code).name}"
+    return f"exited {exit_code}"

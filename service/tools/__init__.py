@@ -1,0 +1,1 @@
+"""Command-line tools beside the server: ab-eval (an HTTP client) and validate."""
