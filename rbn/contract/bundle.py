@@ -41,23 +41,57 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class InputSpec(_Strict):
-    """What the network takes and how an uploaded image is brought to it."""
+# ImageNet's per-channel statistics (RGB, pixels on [0, 1]): what torchvision's and timm's pretrained
+# classifiers were trained with. Models trained the TensorFlow way (EfficientNet-Lite) use 0.5 / 0.5 instead.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
-    name: str = INPUT_NAME
-    channels: int = Field(ge=1, le=4)
-    height: int = Field(ge=1)
-    width: int = Field(ge=1)
+
+class InputSpec(_Strict):
+    """What the network takes and how an uploaded image is brought to it.
+
+    Two conventions, one schema: the small default (28×28 grey, ``resize="fit"``, ``invert="auto"``:
+    Fashion-MNIST's light objects on black) and the ImageNet one (``InputSpec.imagenet``: RGB,
+    shorter side resized to ``resize_size``, centre-cropped to height×width, per-channel mean/std,
+    never inverted). rbn.contract.preprocess applies it (training, evaluation and the service alike).
+    """
+
+    name: str = Field(INPUT_NAME, description="the graph's input tensor name")
+    channels: int = Field(ge=1, le=4, description="1: grey ('L'); 3: RGB; images of any other mode are converted")
+    height: int = Field(ge=1, description="the network's input height in pixels (after any crop)")
+    width: int = Field(ge=1, description="the network's input width in pixels (after any crop)")
     mean: list[float] = Field(description="per-channel mean subtracted after scaling pixels to [0, 1]")
     std: list[float] = Field(description="per-channel std dividing after the mean")
-    resize: Literal["fit", "stretch"] = Field(
-        "fit", description="fit: keep aspect ratio and pad with the background; stretch: ignore it"
+    resize: Literal["fit", "stretch", "shorter_side_crop"] = Field(
+        "fit",
+        description=(
+            "fit: keep the aspect ratio, scale to fit inside height×width and pad with the border's colour; "
+            "stretch: scale to height×width ignoring the aspect ratio; "
+            "shorter_side_crop (ImageNet): scale the shorter side to `resize_size` (the longer side to "
+            "int(resize_size·long/short), as torchvision's Resize), then take the centre height×width"
+        ),
+    )
+    resize_size: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "shorter_side_crop only (and required there): the shorter side's length before the centre crop, "
+            "at least max(height, width); ImageNet models use 256 for a 224 crop (crop ratio 0.875)"
+        ),
+    )
+    interpolation: Literal["lanczos", "bilinear", "bicubic"] = Field(
+        "lanczos",
+        description=(
+            "the resampling filter (Pillow's, antialiased when shrinking); use the one the model was trained "
+            "and evaluated with: torchvision's ImageNet weights mostly 'bilinear', timm's often 'bicubic'"
+        ),
     )
     invert: Literal["auto", "always", "never"] = Field(
         "auto",
         description=(
             "The training images are light objects on a dark background. 'auto' inverts an image "
-            "whose border is brighter than mid-grey (a product photo on a light background)."
+            "whose border is brighter than mid-grey (a product photo on a light background). "
+            "Photos (ImageNet models) use 'never'."
         ),
     )
 
@@ -67,7 +101,34 @@ class InputSpec(_Strict):
             raise ValueError("mean and std need one value per channel")
         if any(s <= 0 for s in self.std):
             raise ValueError("std values must be positive")
+        if self.resize == "shorter_side_crop":
+            if self.resize_size is None:
+                raise ValueError("resize 'shorter_side_crop' needs resize_size (the shorter side before the crop)")
+            if self.resize_size < max(self.height, self.width):
+                raise ValueError(f"resize_size {self.resize_size} is smaller than the {self.height}x{self.width} "
+                                 "crop; it must be at least max(height, width)")
+        elif self.resize_size is not None:
+            raise ValueError(f"resize_size applies only to resize 'shorter_side_crop', not {self.resize!r}")
         return self
+
+    @classmethod
+    def imagenet(
+        cls,
+        size: int = 224,
+        resize_size: int | None = None,
+        mean: tuple[float, ...] | list[float] = IMAGENET_MEAN,
+        std: tuple[float, ...] | list[float] = IMAGENET_STD,
+        interpolation: Literal["lanczos", "bilinear", "bicubic"] = "bilinear",
+        name: str = INPUT_NAME,
+    ) -> InputSpec:
+        """The ImageNet convention: RGB, shorter side to ``resize_size`` (default ``round(size / 0.875)``,
+        256 for 224), centre crop ``size``×``size``, per-channel ``mean``/``std`` (ImageNet's by
+        default; ``(0.5,) * 3`` for models trained on [-1, 1]), never inverted."""
+        return cls(
+            name=name, channels=3, height=size, width=size, mean=list(mean), std=list(std),
+            resize="shorter_side_crop", resize_size=resize_size or round(size / 0.875),
+            interpolation=interpolation, invert="never",
+        )
 
 
 class OodCalibration(_Strict):
