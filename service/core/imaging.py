@@ -1,9 +1,11 @@
-"""Uploaded image bytes -> the model's input: decode, limits, grayscale/colour, fit, invert, normalize.
+"""Uploaded image bytes -> the model's input: decode, limits, grayscale/colour, geometry, invert, normalize.
 
 Two steps so the caller can choose where the work runs: ``open_image`` reads only the header and
 enforces the pixel limit before any pixel is decoded; ``render`` decodes and brings the image to
-the bundle's input (uint8, channels first). ``Normalizer`` turns a uint8 batch into float32; it is
-defined once, in ``rbn.contract.preprocess``, so that evaluation (rbn.experiments.evaluate) feeds the graph the same tensors.
+the bundle's input (uint8, channels first), mapping decoder failures to ``CorruptImage``. The pixel
+steps (JPEG draft decoding, mode, fit / stretch / ImageNet shorter-side-and-centre-crop, invert) and
+``Normalizer`` are defined once, in ``rbn.contract.preprocess``, so that training and evaluation
+(rbn.experiments) feed the graph the same tensors as the service.
 """
 
 from __future__ import annotations
@@ -11,18 +13,15 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from rbn.contract.bundle import InputSpec
 from rbn.contract.preprocess import Normalizer  # noqa: F401 - the service's normalize step, imported from here
+from rbn.contract.preprocess import prepare
 from service.core.errors import CorruptImage, EmptyBody, ServiceError, TooManyPixels, UndecodableImage
 
 # Formats we read; Pillow's other plugins (EPS via Ghostscript, PSD, ...) are never tried on user data.
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # JPEG also opens multi-picture (MPO) files
-_HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-_ALPHA = ("RGBA", "RGBa", "LA", "La", "PA")
-_RESAMPLE = Image.Resampling.LANCZOS
-_BACKGROUND = (255, 255, 255, 255)  # transparent pixels become white, then 'auto' inverts like a product photo
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -46,83 +45,19 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def render(image: Image.Image, spec: InputSpec) -> np.ndarray:
-    """Decode (first frame, EXIF orientation) and bring to ``spec``: uint8 (C, H, W)."""
+    """Decode (first frame, EXIF orientation; a JPEG at the smallest DCT scale the spec allows) and
+    bring to ``spec``: uint8 (C, H, W). The steps are ``rbn.contract.preprocess.prepare``'s."""
     try:
-        if image.format in ("JPEG", "MPO"):  # let libjpeg decode at a reduced scale when it can
-            side = max(spec.height, spec.width)
-            image.draft("L" if spec.channels == 1 and image.mode == "RGB" else None, (side, side))
-        image.load()
-        ImageOps.exif_transpose(image, in_place=True)
-        image = _to_mode(image, spec.channels)
-        pixels = _fit(image, spec)
+        return prepare(image, spec)
     except ServiceError:
         raise
     except Exception as exc:  # truncated or broken data; decoders raise many types
         raise CorruptImage(f"cannot decode the image ({image.format}): {exc}") from None
-    if spec.invert == "always" or spec.invert == "auto" and _border_mean(pixels) > 127.5:
-        pixels = 255 - pixels
-    return pixels[None] if pixels.ndim == 2 else np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
 def decode(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
     """``open_image`` then ``render``."""
     return render(open_image(data, max_pixels), spec)
-
-
-def _to_mode(image: Image.Image, channels: int) -> Image.Image:
-    """Any supported mode -> 8-bit 'L' (one channel) or 'RGB' (three); alpha composited on white."""
-    target = {1: "L", 3: "RGB", 4: "RGBA", 2: "LA"}[channels]
-    mode = image.mode
-    if mode in _HIGH_DEPTH:
-        image = Image.fromarray(_to_uint8(np.asarray(image), mode))
-    elif mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    elif mode == "1":
-        image = image.convert("L")
-    if image.mode in _ALPHA and target in ("L", "RGB"):
-        canvas = Image.new("RGBA", image.size, _BACKGROUND)
-        canvas.alpha_composite(image.convert("RGBA"))
-        image = canvas
-    if image.mode not in ("L", "RGB", "RGBA", "LA"):  # CMYK, YCbCr, LAB, HSV, ...
-        image = image.convert("RGB")
-    return image if image.mode == target else image.convert(target)
-
-
-def _to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
-    """16-bit and 32-bit integer images cover 0..65535; float images 0..255."""
-    if mode == "F":
-        return np.clip(np.rint(array), 0, 255).astype(np.uint8)
-    return np.rint(np.clip(array.astype(np.float32), 0, 65535) / 257.0).astype(np.uint8)
-
-
-def _fit(image: Image.Image, spec: InputSpec) -> np.ndarray:
-    """Resize to the input size: 'stretch' ignores the aspect ratio; 'fit' keeps it and pads with the border colour."""
-    size = (spec.width, spec.height)
-    if image.size == size:
-        return np.asarray(image)
-    if spec.resize == "stretch":
-        return np.asarray(image.resize(size, _RESAMPLE, reducing_gap=3.0))
-    width, height = image.size
-    scale = min(spec.width / width, spec.height / height)
-    inner = (min(spec.width, max(1, round(width * scale))), min(spec.height, max(1, round(height * scale))))
-    pixels = np.asarray(image.resize(inner, _RESAMPLE, reducing_gap=3.0))
-    if inner == size:
-        return pixels
-    fill = np.rint(_border_values(pixels).mean(axis=0)).astype(np.uint8)
-    canvas = np.empty((spec.height, spec.width, *pixels.shape[2:]), np.uint8)
-    canvas[...] = fill
-    top, left = (spec.height - inner[1]) // 2, (spec.width - inner[0]) // 2
-    canvas[top : top + inner[1], left : left + inner[0]] = pixels
-    return canvas
-
-
-def _border_values(pixels: np.ndarray) -> np.ndarray:
-    """The outermost ring of pixels, (n,) or (n, C)."""
-    return np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]]).astype(np.float32)
-
-
-def _border_mean(pixels: np.ndarray) -> float:
-    return float(_border_values(pixels).mean())
 
 
 def to_png(image: np.ndarray) -> bytes:
