@@ -12,6 +12,7 @@ no data: the page asks its user for the key), ``/docs`` and ``/openapi.json`` un
 from __future__ import annotations
 
 import hmac
+import os
 import re
 from collections.abc import Iterable
 
@@ -54,7 +55,12 @@ def load_keys(settings: Settings) -> tuple[bytes, ...]:
     if settings.api_key is not None:
         keys += parse_keys(settings.api_key.get_secret_value(), "api_key")
     if settings.api_key_file is not None:
-        from_file = parse_keys(settings.api_key_file.read_text(encoding="utf-8", errors="replace"), "api_key_file")
+        try:
+            text = settings.api_key_file.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:  # e.g. a secret of mode 0600 owned by another uid than the server's
+            raise KeyConfigError(f"api_key_file {str(settings.api_key_file)!r} cannot be read by uid {os.getuid()}: "
+                                 f"{exc.strerror or exc} (make it readable by that user, e.g. mode 0644 or chown)") from None
+        from_file = parse_keys(text, "api_key_file")
         if not from_file:
             raise KeyConfigError(f"api_key_file {str(settings.api_key_file)!r} holds no key")
         keys += from_file

@@ -1,7 +1,8 @@
 """Run the app under uvicorn with a graceful SIGTERM: readiness false, optional drain delay while
 still serving, then uvicorn stops accepting, finishes in-flight requests, and the lifespan drains
-the batch queues. Exits 0 after a graceful stop, 1 when model loading failed or the API key
-configuration is unusable. The HTTP protocol is uvicorn's httptools one with a read deadline and a
+the batch queues. Exits 0 after a graceful stop, 1 when it cannot start (one ``cannot start: ...``
+line: port in use, address missing, key file unreadable or unusable, no servable bundle) or model
+loading failed. The HTTP protocol is uvicorn's httptools one with a read deadline and a
 connection cap (``service.http.connections``); idle keep-alive connections close after
 ``keep_alive_timeout_s``."""
 
@@ -23,6 +24,7 @@ from service.core.config import Settings
 from service.http.connections import guarded_protocol
 from service.core.metrics import Metrics
 from service.http.middleware import UNMATCHED
+from service.http.workers import CannotStart, Supervisor, listen
 from service.core.state import ServiceState, StartupError
 
 log = logging.getLogger(__name__)
@@ -67,25 +69,35 @@ def serve(settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT; returns the process exit code. With ``workers`` > 1 this process
     binds the port and supervises that many worker processes (``service.http.workers``)."""
     if settings.workers > 1:
-        from service.http.workers import Supervisor
-
         return Supervisor(settings, serve_worker).run()
-    return serve_worker(settings)
+    try:
+        # Bound before the app exists: a port in use or a missing address fails here, with no thread
+        # started (uvicorn binding after the lifespan started the batchers ended in an abort, exit 134).
+        sock = listen(settings.host, settings.port, settings.listen_backlog)
+    except CannotStart as exc:
+        log.critical("cannot start: %s", exc)
+        return 1
+    try:
+        return serve_worker(settings, sock)
+    except CannotStart as exc:
+        log.critical("cannot start: %s", exc)
+        return 1
+    finally:
+        sock.close()
 
 
-def serve_worker(settings: Settings, sock: socket.socket | None = None, metrics: Metrics | None = None) -> int:
-    """One server process: on ``sock`` when a supervisor bound it, else on settings.host:port."""
+def serve_worker(settings: Settings, sock: socket.socket, metrics: Metrics | None = None) -> int:
+    """One server process on ``sock`` (bound by ``serve`` or by the supervisor of ``--workers``);
+    ``CannotStart`` when the keys or the bundles are unusable."""
     try:
         app = create_app(settings, metrics)
     except KeyConfigError as exc:
-        log.critical("cannot start: %s", exc)
-        return 1
+        raise CannotStart(str(exc)) from None
     metrics = app.state.service.metrics
     try:
         app.state.service.prepare()
     except StartupError as exc:
-        log.critical("cannot start: %s", exc)
-        return 1
+        raise CannotStart(str(exc)) from None
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -102,7 +114,7 @@ def serve_worker(settings: Settings, sock: socket.socket | None = None, metrics:
     )
     app.state.service.on_ready = settle_heap
     server = DrainingServer(config, app.state.service, settings.drain_delay_s)
-    server.run(sockets=[sock] if sock is not None else None)
+    server.run(sockets=[sock])
     code = 1 if server.failed or not server.started else 0
     unfinished = app.state.service.unfinished()
     if unfinished:

@@ -51,20 +51,30 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 ServeWorker = Callable[[Settings, socket.socket, Metrics], int]
+CANNOT_START = "cannot-start"  # in the metrics folder: the first worker that could not start said why
+
+
+class CannotStart(Exception):
+    """The server cannot start (port, address, key file, bundles): logged as one ``cannot start: ...``
+    line, exit 1, by whoever runs the server (``serve``, or once for all workers here)."""
 
 
 def listen(host: str, port: int, backlog: int) -> socket.socket:
-    """A listening TCP socket the forked workers share (port 0: the kernel picks one)."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                         flags=socket.AI_PASSIVE)[0]
-    sock = socket.socket(family, kind, proto)
+    """A listening TCP socket (port 0: the kernel picks one), bound before any model loads or thread
+    starts: a port in use or an address this host lacks fails at once, as ``CannotStart``."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise CannotStart(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
         sock.listen(backlog)
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise CannotStart(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     return sock
 
 
@@ -91,8 +101,8 @@ class Supervisor:
         settings = self.settings
         try:
             sock = listen(settings.host, settings.port, settings.listen_backlog)
-        except OSError as exc:
-            log.critical("cannot start: cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror or exc)
+        except CannotStart as exc:
+            log.critical("cannot start: %s", exc)
             return 1
         if threading.active_count() > 1:  # a fork copies only the calling thread: workers would inherit broken locks
             log.warning("forking workers with %d threads running", threading.active_count())
@@ -144,7 +154,10 @@ class Supervisor:
                 code = max(code, 0 if exit_code in (0, -signal.SIGTERM) else 1)
                 continue
             if exit_code == 1:
-                log.critical("worker %d (pid %d) exited 1; stopping the other workers", index, pid)
+                if (folder / CANNOT_START).exists():  # it said why in one line: say no more
+                    log.info("worker %d (pid %d) could not start; stopping the other workers", index, pid)
+                else:
+                    log.critical("worker %d (pid %d) exited 1; stopping the other workers", index, pid)
                 code = 1
                 self._stop()
                 continue
@@ -187,6 +200,12 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
             share_between_processes(folder)
             code = self.serve_worker(worker_settings(self.settings), sock, Metrics(folder))
+        except CannotStart as exc:  # every worker meets the same cause: only the first one says it
+            try:
+                os.close(os.open(folder / CANNOT_START, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                log.critical("cannot start: %s", exc)
+            except FileExistsError:
+                pass
         except BaseException:  # noqa: BLE001 - a worker must leave through os._exit, whatever happened
             log.exception("worker %d failed", index)
         finally:
