@@ -9,6 +9,10 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.core.answers import AbResult
 
 Z95 = 1.959963984540054  # the standard normal's 97.5th percentile: a two-sided 95% interval
 ARMS = ("rbn", "baseline")
@@ -65,8 +69,8 @@ class AbTally:
         self._cells: dict[Key, _Cell] = {}
         self._lock = threading.Lock()
 
-    def add(self, model: str, baseline: str, corruption: str, severity: int, results: list[dict]) -> None:
-        """Count an /ab answer's ``results`` (``AbResult`` dicts: ``agree`` and, when labelled, ``correct``)."""
+    def add(self, model: str, baseline: str, corruption: str, severity: int, results: list[AbResult]) -> None:
+        """Count an /ab answer's ``results``: agreement and, when labelled, each arm's correctness."""
         key = (model, baseline, corruption, severity)
         with self._lock:
             cell = self._cells.get(key)
@@ -77,12 +81,12 @@ class AbTally:
                 cell = self._cells[key] = _Cell()
             for item in results:
                 cell.comparisons += 1
-                cell.agreed += bool(item["agree"])
-                correct = item.get("correct")
+                cell.agreed += item.agree
+                correct = item.correct
                 if correct is not None:
                     cell.labelled += 1
-                    cell.rbn_correct += bool(correct["rbn"])
-                    cell.baseline_correct += bool(correct["baseline"])
+                    cell.rbn_correct += correct.rbn
+                    cell.baseline_correct += correct.baseline
 
     def summary(self) -> dict:
         """An ``AbSummaryResponse``: one row per key seen, sorted by model, corruption and severity."""

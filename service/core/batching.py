@@ -39,8 +39,9 @@ from functools import partial
 
 import numpy as np
 
-from service.core import requestid
-from service.core.errors import ClientGone, InferenceFailed, QueueFull, QueueTimeout, ServiceError, ShuttingDown, Unavailable
+from service.core import context as request_context
+from service.core.errors import (ClientGone, DeadlineExceeded, InferenceFailed, QueueFull, QueueTimeout, ServiceError,
+                                 ShuttingDown, Unavailable)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class _Request:
     future: asyncio.Future
     gone: Callable[[], bool] | None = None  # true once the client has disconnected
     request_id: str | None = None
+    deadline: float | None = None  # time.monotonic() after which nobody waits (the request context's)
     enqueued: float = field(default_factory=time.perf_counter)
 
     @property
@@ -216,13 +218,15 @@ class Batcher:
                 f"model {self.name}: queue full ({self.queued_images} of {self.max_queue_size} images waiting); retry later",
                 headers={"Retry-After": self._retry_after},
             )
-        gone = requestid.client_gone.get()
+        context = request_context.current.get()
+        gone = None if context is None else context.client_gone
         if gone is not None and gone():  # its client left while it was read or decoded: never queue it
             self.dropped_gone += 1
             raise ClientGone("the client disconnected before its images were queued")
         if self._sample is None:
             self._sample = np.zeros_like(x[:1])
-        request = _Request(x, self._loop.create_future(), gone, requestid.current.get())
+        request = _Request(x, self._loop.create_future(), gone, None if context is None else context.request_id,
+                           None if context is None else context.deadline)
         self.pending += 1  # registered before it is queued
         if self._idle():
             # Nothing to batch with and every slot free: the dispatcher would send it alone at once
@@ -304,6 +308,9 @@ class Batcher:
         if request.gone is not None and request.gone():
             self.dropped_gone += 1
             request.future.set_exception(ClientGone("the client disconnected before its images ran"))
+            return False
+        if request.deadline is not None and time.monotonic() > request.deadline:
+            request.future.set_exception(DeadlineExceeded("the request's deadline passed while its images waited"))
             return False
         if now - request.enqueued > self.max_queue_wait_s:
             request.future.set_exception(QueueTimeout(

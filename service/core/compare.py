@@ -1,4 +1,4 @@
-"""A/B comparison: distances between two arms' probabilities, correctness, the per-image result, and
+"""A/B comparison: distances between two arms' probabilities, the per-image ``AbResult``, and
 server-side corruption."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rbn.contract.corruptions import corrupt
+from service.core.answers import AbResult, ArmsCorrect, ModelRef
 
 if TYPE_CHECKING:
     from service.core.model import Description, Model
@@ -27,15 +28,6 @@ def kl_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     return (p * (np.log(p) - np.log(q))).sum(axis=1)
 
 
-def verdict(rbn_right: bool, baseline_right: bool) -> str:
-    """Which arm was right: rbn, baseline, both or neither."""
-    if rbn_right and baseline_right:
-        return "both"
-    if rbn_right:
-        return "rbn"
-    return "baseline" if baseline_right else "neither"
-
-
 def corrupt_images(images: np.ndarray, name: str, severity: int, seed: int) -> np.ndarray:
     """Corrupt uint8 (N, C, H, W) images; every channel of an image gets the same random draws."""
     out = np.empty_like(images)
@@ -45,24 +37,13 @@ def corrupt_images(images: np.ndarray, name: str, severity: int, seed: int) -> n
     return out
 
 
-def compare(model: Model, baseline: Model, arms: tuple[Description, Description], label: int | None) -> list[dict]:
+def compare(model: Model, baseline: Model, arms: tuple[Description, Description], label: int | None) -> list[AbResult]:
     """One ``AbResult`` per image from the two arms' ``Description``s (``model``'s first)."""
-    (a, b), results = arms, []
-    l1, kl = l1_distance(a.probs, b.probs), kl_divergence(a.probs, b.probs)
-    for i, (x, y) in enumerate(zip(a.predictions, b.predictions, strict=True)):
-        item = {
-            "arms": {
-                "rbn": {"model": model.name, "version": model.meta.version, **x},
-                "baseline": {"model": baseline.name, "version": baseline.meta.version, **y},
-            },
-            "agree": x["index"] == y["index"],
-            "l1_distance": float(l1[i]),
-            "kl_divergence": float(kl[i]),
-            "correct": None,
-            "winner": None,
-        }
-        if label is not None:
-            item["correct"] = {"rbn": x["index"] == label, "baseline": y["index"] == label}
-            item["winner"] = verdict(x["index"] == label, y["index"] == label)
-        results.append(item)
-    return results
+    a, b = arms
+    l1, kl = l1_distance(a.probs, b.probs).tolist(), kl_divergence(a.probs, b.probs).tolist()
+    ours, theirs = ModelRef(model.name, model.meta.version), ModelRef(baseline.name, baseline.meta.version)
+    return [
+        AbResult(ours, x, theirs, y, l1[i], kl[i],
+                 None if label is None else ArmsCorrect(x.index == label, y.index == label))
+        for i, (x, y) in enumerate(zip(a.predictions, b.predictions, strict=True))
+    ]

@@ -1,17 +1,16 @@
 """The protocol-independent data plane: routes a request to its model's preprocess -> infer ->
-describe, and assembles the answer (shapes: ``service.http.routes.schemas``). Shadow traffic and the A/B
-comparison start here; the models do the work."""
+describe, and assembles the typed answer (``service.core.answers``; each front end renders it). Shadow
+traffic and the A/B comparison start here; the models do the work."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import time
-from dataclasses import dataclass
-
 import numpy as np
 
 from service.core.abstats import AbTally
+from service.core.answers import AbAnswer, CorruptionRequest, LabelRef, ModelRef, PredictAnswer, Timings
 from service.core.compare import compare, corrupt_images
 from service.core.decoding import Upload
 from service.core.errors import NoBaseline
@@ -21,33 +20,18 @@ from service.core.model import Inference, Model
 from service.core.state import ServiceState
 
 
-@dataclass(frozen=True)
-class CorruptionRequest:
-    """The server-side corruption an /ab request asks for."""
-
-    name: str
-    severity: int
-    seed: int = 0
-
-
 def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
 
 
-def _timings(start: float, decoded: float, result: Inference) -> dict:
-    return {
-        "decode_ms": _ms(decoded - start),
-        "queue_ms": _ms(result.queue_s),
-        "inference_ms": _ms(result.infer_s),
-        "batch_size": result.batch_size,
-        "total_ms": _ms(time.perf_counter() - start),
-    }
+def _timings(start: float, decoded: float, result: Inference) -> Timings:
+    return Timings(_ms(decoded - start), _ms(result.queue_s), _ms(result.infer_s), result.batch_size,
+                   _ms(time.perf_counter() - start))
 
 
-def _name_files(items: list[dict], uploads: list[Upload]) -> None:
+def _name_files(items: list, uploads: list[Upload]) -> None:
     for item, upload in zip(items, uploads, strict=True):
-        if upload.filename is not None:
-            item["filename"] = upload.filename
+        item.filename = upload.filename
 
 
 class DataPlane:
@@ -55,8 +39,8 @@ class DataPlane:
         self.state = state
         self.ab_tally = AbTally()  # GET /ab/summary: this process's comparisons
 
-    async def predict(self, model: Model, uploads: list[Upload], top_k: int) -> dict:
-        """A ``PredictResponse``."""
+    async def predict(self, model: Model, uploads: list[Upload], top_k: int) -> PredictAnswer:
+        """Classify uploads (rendered over HTTP as a ``PredictResponse``)."""
         start = time.perf_counter()
         x = await model.preprocess(uploads)
         decoded = time.perf_counter()
@@ -65,11 +49,8 @@ class DataPlane:
         self.state.shadow.maybe_run(model, x, described.predicted)
         model.count_described(described)
         _name_files(described.predictions, uploads)
-        return {
-            "model": {"name": model.name, "version": model.meta.version},
-            "predictions": described.predictions,
-            "timings": _timings(start, decoded, result),
-        }
+        return PredictAnswer(ModelRef(model.name, model.meta.version), described.predictions,
+                             _timings(start, decoded, result))
 
     async def infer_tensor(self, model: Model, x: np.ndarray) -> Inference:
         """Preprocessed float32 (N, C, H, W) straight to the model (the Open Inference Protocol path)."""
@@ -79,9 +60,9 @@ class DataPlane:
         return result
 
     async def ab(self, model: Model, uploads: list[Upload], corruption: CorruptionRequest | None,
-                 label: int | None, top_k: int, input_png: bool = False) -> dict:
-        """An ``AbResponse``: both arms on the same (optionally corrupted) preprocessed tensor, compared;
-        with ``input_png`` each result carries that image as a base64 PNG."""
+                 label: int | None, top_k: int, input_png: bool = False) -> AbAnswer:
+        """Both arms on the same (optionally corrupted) preprocessed tensor, compared (rendered over HTTP
+        as an ``AbResponse``); with ``input_png`` each result carries that image as a base64 PNG."""
         baseline = model.baseline
         if baseline is None:
             raise NoBaseline(f"model {model.name} has no loaded baseline to compare with"
@@ -98,15 +79,10 @@ class DataPlane:
         _name_files(results, uploads)
         if input_png:
             for item, image in zip(results, images, strict=True):
-                item["input_png"] = base64.b64encode(to_png(image)).decode("ascii")
+                item.input_png = base64.b64encode(to_png(image)).decode("ascii")
         shift = (NO_CORRUPTION, 0) if corruption is None else (corruption.name, corruption.severity)
         self.state.metrics.observe_ab(model.name, baseline.name, *shift, results)
         self.ab_tally.add(model.name, baseline.name, *shift, results)
         timings = _timings(start, decoded, result)
-        timings["baseline_inference_ms"] = _ms(base.infer_s)
-        return {
-            "corruption": None if corruption is None else vars(corruption),
-            "label": None if label is None else {"index": label, "name": model.meta.labels[label]},
-            "results": results,
-            "timings": timings,
-        }
+        timings.baseline_inference_ms = _ms(base.infer_s)
+        return AbAnswer(corruption, None if label is None else LabelRef(label, model.meta.labels[label]), results, timings)

@@ -92,6 +92,12 @@ class QueueTimeout(ServiceError):
     status, code = 503, "queue_timeout"
 
 
+class DeadlineExceeded(ServiceError):
+    """The request's own deadline (``RequestContext.deadline``, e.g. a gRPC client's) passed before its answer."""
+
+    status, code = 504, "deadline_exceeded"
+
+
 class DecodeBusy(ServiceError):
     """Every decode thread is busy and the decode queue is full."""
 

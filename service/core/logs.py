@@ -8,14 +8,14 @@ import time
 
 import orjson
 
-from service.core import requestid
+from service.core import context
 
 
 class RequestIdFilter(logging.Filter):
     """Puts the current request's id on each record (``request_id``; ``rid`` is " [id]" or "" for text)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        rid = requestid.current.get()
+        rid = context.request_id()
         if not hasattr(record, "request_id"):
             record.request_id = rid
         record.rid = f" [{record.request_id}]" if record.request_id else ""

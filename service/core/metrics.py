@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnxruntime
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
@@ -26,6 +27,9 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from service.core.shipped import package_version
+
+if TYPE_CHECKING:
+    from service.core.answers import AbResult
 
 log = logging.getLogger(__name__)
 
@@ -131,14 +135,14 @@ class Metrics:
             if flagged:
                 children[2].inc()
 
-    def observe_ab(self, model: str, baseline: str, corruption: str, severity: int, results: list[dict]) -> None:
+    def observe_ab(self, model: str, baseline: str, corruption: str, severity: int, results: list[AbResult]) -> None:
         """An /ab answer's ``results`` (``AbResult``): agreement, and per arm correctness when labelled."""
         severity_label = str(severity)
         for item in results:
-            self.ab.labels(model, baseline, corruption, severity_label, str(item["agree"]).lower()).inc()
-            if item["correct"] is not None:
+            self.ab.labels(model, baseline, corruption, severity_label, str(item.agree).lower()).inc()
+            if item.correct is not None:
                 self.ab_labelled.labels(model, corruption, severity_label).inc()
-                for arm, right in item["correct"].items():
+                for arm, right in (("rbn", item.correct.rbn), ("baseline", item.correct.baseline)):
                     if right:
                         self.ab_correct.labels(model, arm, corruption, severity_label).inc()
 

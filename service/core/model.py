@@ -1,6 +1,10 @@
 """A served model and its work, in KServe's shape: ``preprocess`` (uploads -> input tensor),
 ``infer`` (tensor -> graph outputs, through the batcher) and ``describe`` (outputs -> the per-image
-answers); plus loading every bundle of the repository and choosing the primary model."""
+answers); plus loading every bundle of the repository and choosing the primary model.
+
+``Model.open(bundle_dir)`` builds one without a server (no batcher, no decode pool, no metrics):
+``predict(pixels)`` then runs decode-free images straight through the session on the calling thread,
+for benchmarks, tools and peers that must do exactly the service's work."""
 
 from __future__ import annotations
 
@@ -8,11 +12,13 @@ import asyncio
 import logging
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from rbn.contract.bundle import LOGITS_NAME, SCORE_NAME, STATS_NAME, BundleError, BundleMeta
+from rbn.contract.bundle import LOGITS_NAME, SCORE_NAME, STATS_NAME, BundleError, BundleMeta, validate_bundle
 from service.core import imaging
+from service.core.answers import Prediction, flagged
 from service.core.batching import Batcher, BatchSlice
 from service.core.config import Settings
 from service.core.decoding import Decoder, Upload
@@ -52,10 +58,10 @@ class Inference:
 
 @dataclass(frozen=True)
 class Description:
-    """``describe``'s result: the probabilities and one answer per image (a ``Prediction``)."""
+    """``describe``'s result: the probabilities and one answer per image."""
 
     probs: np.ndarray  # (N, K) float64
-    predictions: list[dict]
+    predictions: list[Prediction]
 
     @property
     def predicted(self) -> np.ndarray:
@@ -65,14 +71,14 @@ class Description:
 class Model:
     """One bundle being served: its runtime, batcher, OOD scorer and normalizer, and its paired baseline."""
 
-    def __init__(self, bundle: Bundle, runtime: ModelRuntime, batcher: Batcher, decoder: Decoder,
-                 metrics: Metrics) -> None:
+    def __init__(self, bundle: Bundle, runtime: ModelRuntime, batcher: Batcher | None = None,
+                 decoder: Decoder | None = None, metrics: Metrics | None = None) -> None:
         self.bundle = bundle
         self.meta: BundleMeta = bundle.meta
         self.name = bundle.meta.name
         self.runtime = runtime
         self.batcher = batcher
-        self.max_batch_size = batcher.max_batch_size
+        self.max_batch_size = self.meta.max_batch_size if batcher is None else batcher.max_batch_size
         self.scorer = OodScorer(self.meta)
         self.normalize = Normalizer(self.meta.input)
         self.baseline: Model | None = None
@@ -82,9 +88,25 @@ class Model:
     def __repr__(self) -> str:
         return f"Model({self.name!r} v{self.meta.version})"
 
+    @classmethod
+    def open(cls, bundle_dir: str | Path, providers: str = "cpu", intra_op_threads: int = 0) -> Model:
+        """A bundle folder, validated as the server does -> a model usable without a server (``predict``);
+        nothing is warmed up. Raises BundleError for a bad bundle."""
+        bundle = Bundle(validate_bundle(Path(bundle_dir), check_graph=False), Path(bundle_dir))
+        return cls(bundle, ModelRuntime(bundle.meta, bundle.onnx_file, providers, intra_op_threads))
+
+    def predict(self, pixels: np.ndarray, top_k: int = 1) -> list[Prediction]:
+        """uint8 (N, C, H, W) images in this model's input shape -> one answer each, run as one batch on
+        the calling thread (the service's normalisation, graph and description; no batcher, no metrics)."""
+        outputs = self.runtime.run(self.normalize(pixels))
+        inference = Inference(dict(zip(self.runtime.output_names, outputs, strict=True)), 0.0, 0.0, len(pixels))
+        return self.describe(inference, top_k).predictions
+
     # --- preprocess -> infer -> describe ------------------------------------------------------
     async def decode(self, uploads: list[Upload]) -> np.ndarray:
         """Uploads -> uint8 (N, C, H, W) in this model's input shape."""
+        if self._decoder is None:
+            raise RuntimeError(f"{self!r} was opened without a server: decode the images yourself and call predict")
         return await self._decoder.decode(uploads, self.meta.input)
 
     async def preprocess(self, uploads: list[Upload]) -> np.ndarray:
@@ -93,6 +115,8 @@ class Model:
 
     async def infer(self, x: np.ndarray) -> Inference:
         """Run (N, C, H, W) float32 through the batcher, in chunks of at most max_batch_size."""
+        if self.batcher is None:
+            raise RuntimeError(f"{self!r} was opened without a server: call predict")
         size = self.max_batch_size
         if len(x) <= size:
             results = [await self.batcher.submit(x)]
@@ -111,13 +135,20 @@ class Model:
         return Description(probs, answers)
 
     def count_described(self, described: Description) -> None:
-        self.count(described.predicted, [p["ood"]["score"] for p in described.predictions])
+        """Per-model predicted class, OOD score and flag counters, from the answers themselves."""
+        if self._metrics is None:
+            return
+        observe = self._metrics.observe_prediction
+        for p in described.predictions:
+            observe(self.name, p.label, p.ood.score, bool(p.ood.flag))
 
     def count(self, predicted: np.ndarray, scores: list[float | None]) -> None:
-        """Per-model predicted class, OOD score and flag counters."""
+        """The same counters for a tensor request, which gets no described answer."""
+        if self._metrics is None:
+            return
         labels, observe, threshold = self.meta.labels, self._metrics.observe_prediction, self.scorer.threshold
         for index, score in zip(predicted.tolist(), scores, strict=True):
-            observe(self.name, labels[index], score, score is not None and score > threshold)
+            observe(self.name, labels[index], score, bool(flagged(score, threshold)))
 
     def label_index(self, value: str | None) -> int | None:
         """A class index or name of this model's labels -> index (``parse_label``)."""

@@ -1,4 +1,4 @@
-"""The OOD block of an answer: the bundle's calibrated score, its flag and the per-layer `rbn_stats`.
+"""The OOD verdict of an answer: the bundle's calibrated score, its threshold and the per-layer `rbn_stats`.
 
 Bundles made with the graph score (model.json ``ood.kind == "graph"``) carry the score as the
 graph's `ood_score` output, so the service only reads it; older bundles are scored here from
@@ -11,6 +11,7 @@ import numpy as np
 
 from rbn.contract.bundle import BundleMeta, GraphOodCalibration, OodCalibration
 from rbn.contract.ood import rms_score
+from service.core.answers import OodVerdict
 
 
 class OodScorer:
@@ -32,11 +33,7 @@ class OodScorer:
             return np.asarray(graph_score, np.float64).reshape(-1)
         return rms_score(stats, self.rms_calibration)
 
-    def block(self, stats_row: np.ndarray, score: float | None) -> dict:
-        """The per-image ``ood`` object of an answer."""
-        return {
-            "score": None if score is None else float(score),
-            "flag": None if score is None else bool(score > self.threshold),
-            "threshold": self.threshold,
-            "stats": dict(zip(self.layers, stats_row.tolist(), strict=True)),
-        }
+    def verdict(self, stats_row: np.ndarray, score: float | None) -> OodVerdict:
+        """One image's OOD verdict (its flag: ``service.core.answers.flagged``)."""
+        return OodVerdict(None if score is None else float(score), self.threshold,
+                          dict(zip(self.layers, stats_row.tolist(), strict=True)))

@@ -1,9 +1,10 @@
-"""Logits -> probabilities and the per-image answer (top-k labels, OOD block)."""
+"""Logits -> probabilities and the per-image answer (``Prediction``: top-k labels, OOD verdict)."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from service.core.answers import ClassScore, Prediction
 from service.core.ood import OodScorer
 
 
@@ -21,19 +22,15 @@ def top_k(probs: np.ndarray, k: int) -> np.ndarray:
 
 
 def describe(probs: np.ndarray, stats: np.ndarray, scores: np.ndarray | None, labels: list[str],
-             scorer: OodScorer, k: int) -> list[dict]:
-    """The answer for each image: predicted label, top-k with probabilities, OOD block (``scores``
+             scorer: OodScorer, k: int) -> list[Prediction]:
+    """The answer for each image: predicted label, top-k with probabilities, OOD verdict (``scores``
     from ``scorer.scores``)."""
     k = min(k, len(labels))
     best = top_k(probs, k)
     answers = []
     for i, row in enumerate(best.tolist()):
-        p = probs[i]
-        answers.append({
-            "label": labels[row[0]],
-            "index": row[0],
-            "probability": float(p[row[0]]),
-            "top_k": [{"label": labels[j], "index": j, "probability": float(p[j])} for j in row],
-            "ood": scorer.block(stats[i], None if scores is None else scores[i]),
-        })
+        p = probs[i].tolist()
+        top = [ClassScore(labels[j], j, p[j]) for j in row]
+        verdict = scorer.verdict(stats[i], None if scores is None else scores[i])
+        answers.append(Prediction(top[0].label, top[0].index, top[0].probability, top, verdict))
     return answers

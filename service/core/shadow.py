@@ -9,7 +9,7 @@ import random
 
 import numpy as np
 
-from service.core import requestid
+from service.core import context as request_context
 from service.core.errors import QueueFull, ServiceError
 from service.core.metrics import Metrics
 from service.core.model import Model
@@ -32,9 +32,10 @@ class Shadow:
         if len(self._tasks) >= self.max_pending:
             self.metrics.shadow_dropped.labels(model.name, "backlog").inc(len(x))
             return
-        # Its own context: the batcher must not drop shadow work when the request's client disconnects.
+        # Its own context: the batcher must not drop shadow work when the request's client disconnects
+        # or its deadline passes; the request id stays, for the log.
         context = contextvars.copy_context()
-        context.run(requestid.client_gone.set, None)
+        context.run(request_context.current.set, request_context.RequestContext(request_context.request_id() or ""))
         task = asyncio.get_running_loop().create_task(self._run(model, x, predicted), context=context)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

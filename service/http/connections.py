@@ -24,7 +24,7 @@ from collections.abc import Callable
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service.core import requestid
+from service.core.context import new_id
 from service.http.errors import is_v2
 
 Event = Callable[[str], None]  # counts a connection-level refusal by reason
@@ -33,7 +33,7 @@ SWEEP_S = 0.25  # how often late requests are looked for
 
 def _raw_error(status: int, reason: bytes, path: str, code: str, message: str, extra: bytes = b"") -> bytes:
     """A whole HTTP/1.1 error answer that closes the connection, in the protocol's error form."""
-    rid = requestid.new()
+    rid = new_id()
     body = orjson.dumps({"error": message} if is_v2(path) else {"error": {"code": code, "message": message, "request_id": rid}})
     return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n"
             b"x-request-id: %s\r\nx-content-type-options: nosniff\r\ncache-control: no-store\r\n%s\r\n"

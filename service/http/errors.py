@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from service.core import requestid
+from service.core import context
 from service.core.errors import CLIENT_CLOSED, ServiceError
 
 Rejected = Callable[[Request, int, str], None]  # (request, status, code): counts a rejection
@@ -29,8 +29,8 @@ def is_v2(path: str) -> bool:
 
 def error_response(path: str, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
     """An error answer on ``path``: the Open Inference Protocol's form under /v2, ours elsewhere; ours
-    carries the request id (``service.core.requestid``), and so does a /v2 server error's message."""
-    request_id = requestid.current.get()
+    carries the request id (``service.core.context``), and so does a /v2 server error's message."""
+    request_id = context.request_id()
     if is_v2(path):
         body: dict = {"error": f"{message} (request id {request_id})" if status >= 500 and request_id else message}
     else:

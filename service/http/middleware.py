@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
-from service.core import requestid
+from service.core.context import RequestContext, accept_id, enter, leave
 from service.http.auth import CHALLENGE, Access
 from service.core.errors import BodyTooLarge
 from service.http.errors import Rejected, answer, error_response
@@ -42,6 +43,15 @@ _NOSNIFF = (b"x-content-type-options", b"nosniff")
 _NO_STORE = (b"cache-control", b"no-store")
 _CLOSE = (b"connection", b"close")
 
+
+
+def gone_check(receive) -> Callable[[], bool] | None:
+    """A zero-cost "has the client disconnected?" for uvicorn's ``receive`` (its request cycle's flag),
+    None for other servers."""
+    cycle = getattr(receive, "__self__", None)
+    if cycle is None or not hasattr(cycle, "disconnected"):
+        return None
+    return lambda: cycle.disconnected
 
 class RequestGate:
     def __init__(self, app, state: ServiceState, access: Access, on_reject: Rejected) -> None:
@@ -70,10 +80,10 @@ class RequestGate:
                 given_id = next(value for key, value in headers if key == b"x-request-id")
         authorization = found.get(b"authorization")
         declared = found.get(b"content-length")
-        request_id = requestid.accept(given_id)
+        request_id = accept_id(given_id)
         scope[REQUEST_ID_KEY] = request_id
-        token = requestid.current.set(request_id)
-        gone_token = requestid.client_gone.set(requestid.gone_check(receive))
+        context = RequestContext(request_id, client_gone=gone_check(receive))
+        token = enter(context)
         extra = [(b"x-request-id", request_id.encode("ascii")), _NOSNIFF]
         if not self.access.is_static(scope["path"]):  # the page's files may be cached (they revalidate by ETag)
             extra.append(_NO_STORE)
@@ -122,6 +132,8 @@ class RequestGate:
                     message = "the API key is not accepted: send Authorization: Bearer <key> with a current key"
                 await self._refuse(scope, gated_send, 401, "unauthorized", message, {"WWW-Authenticate": CHALLENGE})
             else:
+                if self.access.required and not self.access.is_open(scope["path"]):
+                    context.principal = "api_key"
                 await self.app(scope, limited_receive, gated_send)
         except Exception as exc:
             if started:
@@ -131,8 +143,7 @@ class RequestGate:
             await answer(request, exc, self.on_reject)(scope, receive, gated_send)
         finally:
             state.in_flight -= 1
-            requestid.current.reset(token)
-            requestid.client_gone.reset(gone_token)
+            leave(token)
             route = scope.get("route")
             state.metrics.observe_request(
                 route.path if route is not None else UNMATCHED, scope.get(MODEL_KEY, ""), status, time.perf_counter() - start

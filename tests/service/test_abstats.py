@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from service.core.abstats import AbTally, rate, wilson
+from service.core.answers import AbResult, ArmsCorrect, ModelRef, OodVerdict, Prediction
 
 
 @pytest.mark.parametrize(("k", "n", "low", "high", "digits"), [
@@ -26,8 +27,12 @@ def test_wilson_without_observations_and_bad_counts():
         wilson(4, 3)
 
 
-def result(agree: bool, rbn: bool | None = None, baseline: bool | None = None) -> dict:
-    return {"agree": agree, "correct": None if rbn is None else {"rbn": rbn, "baseline": baseline}}
+def result(agree: bool, rbn: bool | None = None, baseline: bool | None = None) -> AbResult:
+    def answer(index: int) -> Prediction:
+        return Prediction("x", index, 1.0, [], OodVerdict(None, None, {}))
+
+    return AbResult(ModelRef("m", 1), answer(0), ModelRef("b", 1), answer(0 if agree else 1), 0.0, 0.0,
+                    None if rbn is None else ArmsCorrect(rbn, baseline))
 
 
 def test_rows_per_pair_corruption_and_severity():

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from service.core import requestid
+from service.core import context as request_context
 from service.core.batching import Batcher
 from service.core.errors import ClientGone, InferenceFailed, QueueTimeout, Unavailable
 
@@ -50,8 +50,7 @@ def image(value: float) -> np.ndarray:
 
 
 async def submit_as(batcher: Batcher, x: np.ndarray, request_id: str, gone=None):
-    requestid.current.set(request_id)
-    requestid.client_gone.set(gone)
+    request_context.current.set(request_context.RequestContext(request_id, client_gone=gone))
     return await batcher.submit(x)
 
 

@@ -22,7 +22,7 @@ def test_models_list(client):
     assert rbn.labels == list(LABELS)
     assert rbn.input["channels"] == 1 and rbn.input["height"] == 28 and rbn.input["resize"] == "fit"
     assert rbn.provider == "cpu" and rbn.max_batch_size == 16
-    assert rbn.contract.ood is not None and rbn.contract.ood.clean_quantile == 0.95
+    assert rbn.ood is not None and rbn.ood.clean_quantile == 0.95
     assert len(rbn.stats_layers) == 21
     # the broken bundle is reported, not served
     assert BROKEN in answer.unavailable and "config.pbtxt" in answer.unavailable[BROKEN]

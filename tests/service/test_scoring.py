@@ -9,7 +9,8 @@ from rbn.contract.bundle import BundleMeta
 from rbn.contract.corruptions import corrupt
 from rbn.contract.bundle import GraphOodCalibration
 from rbn.contract.ood import calibrate_rms as calibrate, rms_score as score
-from service.core.compare import corrupt_images, kl_divergence, l1_distance, verdict
+from service.core.answers import verdict
+from service.core.compare import corrupt_images, kl_divergence, l1_distance
 from service.core.model import parse_label
 from service.core.errors import InvalidArgument
 from service.core.ood import OodScorer
@@ -29,7 +30,7 @@ def test_scorer_matches_rbn_ood():
         scorer = OodScorer(meta(calibration))
         stats = rng.random((5, 3)).astype(np.float32)
         np.testing.assert_allclose(scorer.scores(stats), score(stats, calibration))
-        block = scorer.block(stats[0], scorer.scores(stats)[0])
+        block = scorer.verdict(stats[0], scorer.scores(stats)[0]).to_json()
         assert block["flag"] == (block["score"] > calibration.threshold) and list(block["stats"]) == ["l1", "l2", "l3"]
 
 
@@ -39,14 +40,14 @@ def test_graph_scored_bundle_reads_the_graph_output():
     scorer = OodScorer(meta(calibration))
     graph_score = np.array([[0.25], [2.0]], np.float32)
     np.testing.assert_array_equal(scorer.scores(np.zeros((2, 3)), graph_score), [0.25, 2.0])
-    blocks = [scorer.block(np.zeros(3), s) for s in scorer.scores(np.zeros((2, 3)), graph_score)]
+    blocks = [scorer.verdict(np.zeros(3), s).to_json() for s in scorer.scores(np.zeros((2, 3)), graph_score)]
     assert [(b["score"], b["flag"], b["threshold"]) for b in blocks] == [(0.25, False, 1.5), (2.0, True, 1.5)]
 
 
 def test_uncalibrated_bundle_has_null_score():
     scorer = OodScorer(meta())
     assert scorer.scores(np.ones((2, 3))) is None
-    assert scorer.block(np.ones(3), None) == {"score": None, "flag": None, "threshold": None,
+    assert scorer.verdict(np.ones(3), None).to_json() == {"score": None, "flag": None, "threshold": None,
                                               "stats": {"l1": 1.0, "l2": 1.0, "l3": 1.0}}
 
 
@@ -55,7 +56,7 @@ def test_softmax_top_k_describe():
     p = softmax(logits)
     np.testing.assert_allclose(p.sum(axis=1), 1.0)
     assert top_k(p, 2).tolist() == [[1, 0], [0, 1]]  # ties keep the lower index first
-    answers = describe(p, np.zeros((2, 3), np.float32), None, ["a", "b", "c"], OodScorer(meta()), 5)
+    answers = [a.to_json() for a in describe(p, np.zeros((2, 3), np.float32), None, ["a", "b", "c"], OodScorer(meta()), 5)]
     assert answers[0]["label"] == "b" and len(answers[0]["top_k"]) == 3
 
 

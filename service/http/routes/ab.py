@@ -46,8 +46,8 @@ async def ab(request: Request) -> Response:
     shift = None if corruption is None else CorruptionRequest(corruption, severity or DEFAULT_SEVERITY, seed or 0)
     index = served.label_index(label)
     uploads = await read_uploads(request, state.settings)
-    return json_response(await plane.ab(served, uploads, shift, index, top_k or state.settings.default_top_k,
-                                        input_png == "true"))
+    answer = await plane.ab(served, uploads, shift, index, top_k or state.settings.default_top_k, input_png == "true")
+    return json_response(answer.to_json())
 
 
 @router.get("/ab/summary", response_model=AbSummaryResponse, summary="What this process's /ab comparisons found")

@@ -30,10 +30,11 @@ async def predict(request: Request) -> Response:
     curl -s -F file=@a.png -F file=@b.jpg http://localhost:8000/predict
     ```
     """
-    # The hot route: parameters are read by hand (service.http.routes.params), the answer is a plain dict
+    # The hot route: parameters are read by hand (service.http.routes.params), the typed answer is rendered
     # (shape: PredictResponse).
     state, plane = request.app.state.service, request.app.state.plane
     served = lookup(request, params.MODEL.read(request))
     top_k = params.TOP_K.read(request) or state.settings.default_top_k
     uploads = await read_uploads(request, state.settings)
-    return json_response(await plane.predict(served, uploads, top_k))
+    answer = await plane.predict(served, uploads, top_k)
+    return json_response(answer.to_json())
