@@ -37,7 +37,7 @@ def bn_to_rbn(bn: nn.BatchNorm2d) -> RepresentativeBatchNorm2d:
         if bn.affine:
             rbn.weight.copy_(absorb_gate(bn.weight, rbn.scale_bias))
             rbn.bias.copy_(bn.bias)
-    rbn.experiments.train(bn.training)
+    rbn.train(bn.training)
     return rbn
 
 
