@@ -69,6 +69,21 @@ class Settings(BaseSettings):
     # --- limits -----------------------------------------------------------------------------
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     """Largest request body (413 beyond it)."""
+    max_response_bytes: int = Field(32 * 1024 * 1024, ge=4096)
+    """Largest answer one /v2 infer request may ask for (images x requested outputs, at 16 bytes per JSON value and 4 per
+    binary one), checked after parsing and before inference: 400 response_too_large beyond it (metric reason
+    response_too_large). An output named twice is refused (400) whatever the budget."""
+    max_input_magnitude: float = Field(1e6, gt=0.0)
+    """Largest absolute value of an FP32 /v2 input (preprocessed values sit within a few units; near float32's 3.4e38
+    the model overflows and answers nulls): 400 input_out_of_range beyond it, before inference."""
+    max_header_bytes: int = Field(32 * 1024, ge=1024)
+    """Bytes of a request's header lines (names and values, after the request line), counted as they arrive:
+    431 headers_too_large beyond it and the connection is closed (metric reason headers_too_large)."""
+    max_header_count: int = Field(100, ge=8)
+    """Header lines of one request at most: 431 headers_too_large beyond it, the connection closed."""
+    max_url_bytes: int = Field(8 * 1024, ge=256)
+    """Longest request target (path and query), counted as it arrives: 414 url_too_long beyond it, the connection
+    closed (metric reason url_too_long)."""
     max_image_pixels: int = Field(4096 * 4096, ge=64)
     """Largest width x height of an uploaded image, checked before decoding (413 beyond it)."""
     max_files: int = Field(16, ge=1)

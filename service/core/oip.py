@@ -43,6 +43,18 @@ def model_metadata(meta: BundleMeta) -> dict:
     }
 
 
+class InputOutOfRange(InvalidTensor):
+    """An FP32 input value beyond ``max_input_magnitude`` (400)."""
+
+    code = "input_out_of_range"
+
+
+class ResponseTooLarge(InvalidTensor):
+    """The answer a request asks for could exceed ``max_response_bytes`` (400, before inference)."""
+
+    code = "response_too_large"
+
+
 @dataclass(frozen=True)
 class ParsedInfer:
     x: np.ndarray  # float32 (N, C, H, W)
@@ -103,12 +115,14 @@ def count_capped(data: bytes, sub: bytes, cap: int, start: int = 0, end: int | N
 
 
 def read_infer(body: bytes, encoding: str | None, header_length: str | None, meta: BundleMeta, limit: int,
-               max_images: int | None = None) -> ParsedInfer:
+               max_images: int | None = None, max_magnitude: float | None = None,
+               max_response_bytes: int | None = None) -> ParsedInfer:
     """``decompress`` then ``parse_infer``: a request body as received -> the parsed request.
 
     With ``max_images``, a JSON part holding more commas than that many images' values (plus slack for
     the other fields) is refused before parsing: orjson and numpy hold the GIL while they parse, so
-    parsing an oversized list would stall the event loop from any thread."""
+    parsing an oversized list would stall the event loop from any thread. ``max_magnitude`` and
+    ``max_response_bytes`` go to ``parse_infer``."""
     cap = None
     if max_images is not None:
         spec = meta.input
@@ -117,15 +131,20 @@ def read_infer(body: bytes, encoding: str | None, header_length: str | None, met
     if cap is not None:
         head_end = int(header_length) if header_length is not None and _digits(header_length) else len(body)
         count_capped(body, b",", cap, 0, min(head_end, len(body)))
-    return parse_infer(body, header_length, meta)
+    return parse_infer(body, header_length, meta, max_magnitude, max_response_bytes)
 
 
 def _digits(value: str) -> bool:
     return value.isascii() and value.isdigit()
 
 
-def parse_infer(body: bytes, header_length: str | None, meta: BundleMeta) -> ParsedInfer:
-    """Decode an infer request (JSON, or JSON header + binary tensors) for ``meta``'s input."""
+def parse_infer(body: bytes, header_length: str | None, meta: BundleMeta, max_magnitude: float | None = None,
+                max_response_bytes: int | None = None) -> ParsedInfer:
+    """Decode an infer request (JSON, or JSON header + binary tensors) for ``meta``'s input.
+
+    With ``max_magnitude``, an input value of larger absolute value is refused (``InputOutOfRange``);
+    with ``max_response_bytes``, a request whose answer could exceed it (``answer_bytes``) is refused
+    (``ResponseTooLarge``): both before any inference, and before the answer is built."""
     head, tail = body, b""
     if header_length is not None:
         # ASCII digits only: str.isdigit() also accepts '²' and '٣', which int() refuses or misreads
@@ -147,9 +166,43 @@ def parse_infer(body: bytes, header_length: str | None, meta: BundleMeta) -> Par
     x, used = _input_tensor(inputs[0], tail, meta)
     if used != len(tail):
         raise InvalidTensor(f"{len(tail) - used} bytes of binary data are not claimed by any input")
+    if max_magnitude is not None:
+        _check_magnitude(x, max_magnitude, meta.input.name)
     params = request.get("parameters")
     binary = _flag({} if params is None else params, "binary_data_output")
-    return ParsedInfer(x, _requested_outputs(request.get("outputs"), binary, list(graph_outputs(meta))), request_id)
+    parsed = ParsedInfer(x, _requested_outputs(request.get("outputs"), binary, list(graph_outputs(meta))), request_id)
+    if max_response_bytes is not None:
+        size = answer_bytes(meta, parsed.outputs, len(x))
+        if size > max_response_bytes:
+            raise ResponseTooLarge(
+                f"the answer to this request could take {size} bytes, over the server's max_response_bytes of "
+                f"{max_response_bytes}: request fewer images, fewer outputs, or binary_data outputs")
+    return parsed
+
+
+def _check_magnitude(x: np.ndarray, bound: float, name: str) -> None:
+    """Refuse values beyond +-``bound``: near float32's limit (3.4e38) the model's first layer
+    overflows and the answer comes back as nulls. In 1 MiB steps, like every scan of a body."""
+    flat = x.reshape(-1)
+    step = STEP // 4
+    for at in range(0, len(flat), step):
+        if float(np.abs(flat[at: at + step]).max(initial=0.0)) > bound:
+            raise InputOutOfRange(f"input {name!r} holds values beyond +-{bound:g} (max_input_magnitude); "
+                                  "send preprocessed values")
+
+
+JSON_VALUE_BYTES = 16  # the longest float32 orjson writes ("-1.1754944e-38") and its comma
+ENTRY_BYTES = 128  # an output's name, datatype, shape and punctuation
+
+
+def answer_bytes(meta: BundleMeta, outputs: list[tuple[str, bool]], images: int) -> int:
+    """An upper bound of the answer's size, from the request alone (``encode_infer`` writes at most this)."""
+    dims = graph_outputs(meta)
+    size = 256  # model name, version, id (the id is part of the request, already bounded by the body limit)
+    for name, binary in outputs:
+        values = images * int(np.prod(dims[name]))
+        size += ENTRY_BYTES + values * (4 if binary else JSON_VALUE_BYTES)
+    return size
 
 
 def _flag(params: object, key: str, default: bool = False) -> bool:
@@ -207,11 +260,16 @@ def _requested_outputs(outputs: object, binary_default: bool, names: list[str]) 
         return [(name, binary_default) for name in names]
     if not isinstance(outputs, list) or not outputs:
         raise InvalidTensor("'outputs' must be a non-empty list")
-    requested = []
+    if len(outputs) > len(names):  # bounded before the loop: each name may be asked for once
+        raise InvalidTensor(f"'outputs' lists {len(outputs)} entries but the model gives {len(names)} outputs "
+                            f"({', '.join(names)}): an output is requested more than once; name each output once")
+    requested: list[tuple[str, bool]] = []
     for item in outputs:
         name = item.get("name") if isinstance(item, dict) else None
         if name not in names:
-            raise InvalidTensor(f"unknown output {name!r}; the model gives {', '.join(names)}")
+            raise InvalidTensor(f"unknown output {str(name)[:64]!r}; the model gives {', '.join(names)}")
+        if any(name == seen for seen, _ in requested):
+            raise InvalidTensor(f"output {name!r} is requested more than once; name each output once")
         params = item.get("parameters") or {}
         if isinstance(params, dict) and "classification" in params:
             raise InvalidTensor("the classification extension is not supported; request logits and take the top classes")

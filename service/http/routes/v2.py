@@ -91,7 +91,8 @@ async def infer(request: Request) -> Response:
     settings = state.settings
     body, headers = await request.body(), request.headers
     encoding, header_length = headers.get("content-encoding"), headers.get(oip.HEADER_LENGTH)
-    args = (body, encoding, header_length, model.meta, settings.max_body_bytes, settings.max_queue_size)
+    args = (body, encoding, header_length, model.meta, settings.max_body_bytes, settings.max_queue_size,
+            settings.max_input_magnitude, settings.max_response_bytes)
     if len(body) <= settings.inline_body_bytes and encoding in (None, "identity"):
         parsed = oip.read_infer(*args)  # small and plain: cheaper than a thread hop
     else:  # parsing and inflating grow with the body: never on the event loop
