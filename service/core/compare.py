@@ -3,6 +3,7 @@ server-side corruption."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -28,12 +29,24 @@ def kl_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     return (p * (np.log(p) - np.log(q))).sum(axis=1)
 
 
+def content_key(image: np.ndarray) -> int:
+    """A 64-bit key of an image's pixels and shape: the same image gives the same key wherever it comes."""
+    digest = hashlib.blake2b(image.tobytes(), digest_size=8, person=b"rbn-ab")
+    digest.update(repr(image.shape).encode())
+    return int.from_bytes(digest.digest(), "little")
+
+
 def corrupt_images(images: np.ndarray, name: str, severity: int, seed: int) -> np.ndarray:
-    """Corrupt uint8 (N, C, H, W) images; every channel of an image gets the same random draws."""
+    """Corrupt uint8 (N, C, H, W) images; every channel of an image gets the same random draws.
+
+    An image's random draws come from ``seed`` and its own pixels (``content_key``), never its position
+    in the request: the same image gets the same corruption alone, at any index and in any batch size,
+    so /ab and ab-eval answer the same for the same image."""
     out = np.empty_like(images)
     for i, image in enumerate(images):
+        key = content_key(image)
         for c, channel in enumerate(image):
-            out[i, c] = corrupt(channel, name, severity, seed, first_index=i)
+            out[i, c] = corrupt(channel, name, severity, seed, first_index=key)
     return out
 
 

@@ -11,6 +11,7 @@ from rbn.contract.bundle import read_meta
 from rbn.contract.corruptions import corrupt
 from rbn.experiments.data import LABELS
 from service.http.routes.schemas.inference import AbResponse
+from service.core.compare import content_key
 from service.core.imaging import Normalizer, decode
 
 
@@ -71,7 +72,7 @@ def test_corruption_is_applied_server_side_to_the_preprocessed_image(client, ser
     # Reproduce it here: decode, corrupt the 28x28 uint8 image, normalize, and run the tensor over /v2.
     meta = read_meta(served_repo / RBN)
     image = decode(data, meta.input, 10**7)
-    x = Normalizer(meta.input)(corrupt(image[0], "gaussian_noise", 5, 7)[None, None])
+    x = Normalizer(meta.input)(corrupt(image[0], "gaussian_noise", 5, 7, first_index=content_key(image))[None, None])
     v2 = triton.InferenceServerClient(server.url.removeprefix("http://"))
     tensor = triton.InferInput("input", list(x.shape), "FP32")
     tensor.set_data_from_numpy(x)
@@ -95,3 +96,30 @@ def test_ab_metrics(client, fmnist_samples):
     assert f'rbn_serve_ab_labelled_total{{corruption="contrast",model="{RBN}",severity="2"}}' in text
     assert 'rbn_serve_ab_comparisons_total{agree=' in text
     assert 'corruption="contrast"' in text
+
+
+@pytest.mark.parametrize("corruption", ["gaussian_noise", "fog"])
+def test_the_same_image_gets_the_same_corruption_at_any_position_and_batch_size(client, fmnist_samples, corruption):
+    """Seeded by the image's pixels (and the request's seed), never its index: an image alone, at index 0 and
+    at index 3 of a batch of 5 gets the same corrupted input and the same answers."""
+    _, target, _ = fmnist_samples[5]
+    others = [data for _, data, _ in fmnist_samples[6:10]]
+
+    def batch(images: list[bytes]) -> list:
+        files = [("file", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
+        r = client.post("/ab", files=files, params={"corruption": corruption, "severity": 3, "seed": 4,
+                                                    "input_png": "true", "top_k": 10})
+        assert r.status_code == 200, r.text
+        return r.json()["results"]
+
+    alone = ab(client, target, corruption=corruption, severity=3, seed=4, input_png="true").model_dump(mode="json")["results"][0]
+    first = batch([target, *others])[0]
+    fourth = batch([*others[:3], target, others[3]])[3]
+    for item in (first, fourth):
+        assert item["input_png"] == alone["input_png"]
+        for arm in ("rbn", "baseline"):
+            assert item["arms"][arm]["top_k"] == alone["arms"][arm]["top_k"]
+            assert item["arms"][arm]["ood"] == alone["arms"][arm]["ood"]
+        assert item["l1_distance"] == alone["l1_distance"] and item["kl_divergence"] == alone["kl_divergence"]
+    neighbours = batch([*others[:3], target, others[3]])
+    assert neighbours[0]["input_png"] != neighbours[1]["input_png"]  # different images still get different draws

@@ -10,7 +10,7 @@ from rbn.contract.corruptions import corrupt
 from rbn.contract.bundle import GraphOodCalibration
 from rbn.contract.ood import calibrate_rms as calibrate, rms_score as score
 from service.core.answers import verdict
-from service.core.compare import corrupt_images, kl_divergence, l1_distance
+from service.core.compare import content_key, corrupt_images, kl_divergence, l1_distance
 from service.core.model import parse_label
 from service.core.errors import InvalidArgument
 from service.core.ood import OodScorer
@@ -74,7 +74,13 @@ def test_corrupt_images_matches_rbn_corruptions_per_image():
     images = np.random.default_rng(0).integers(0, 256, (3, 1, 12, 12), dtype=np.uint8)
     out = corrupt_images(images, "rotate", 4, seed=5)
     for i in range(3):
-        np.testing.assert_array_equal(out[i, 0], corrupt(images[i, 0], "rotate", 4, 5, first_index=i))
+        np.testing.assert_array_equal(out[i, 0], corrupt(images[i, 0], "rotate", 4, 5, first_index=content_key(images[i])))
+    # seeded by the pixels, not the position: the same image corrupts the same anywhere in any batch
+    twice = np.concatenate([images[2:], images[:1], images[2:]])
+    again = corrupt_images(twice, "gaussian_noise", 3, seed=5)
+    np.testing.assert_array_equal(again[0], again[2])
+    np.testing.assert_array_equal(again[0], corrupt_images(images[2:], "gaussian_noise", 3, seed=5)[0])
+    assert content_key(images[0]) != content_key(images[1]) and content_key(images[0]) == content_key(images[0].copy())
     rgb = np.repeat(images[:1], 3, axis=1)
     shifted = corrupt_images(rgb, "rotate", 4, seed=5)
     assert (shifted[0, 0] == shifted[0, 1]).all() and (shifted[0, 1] == shifted[0, 2]).all()  # same draw per channel
