@@ -17,7 +17,7 @@ from rbn.library.export import export_onnx, stats_channels, stats_layers
 from rbn.library.ood_graph import add_score_output
 from rbn.library.resnet import ResNet, build
 
-INPUT_SHAPE = (1, 28, 28)
+INPUT_SHAPE = (fmnist.INPUT.channels, fmnist.INPUT.height, fmnist.INPUT.width)  # one declaration: data.INPUT
 
 
 class CheckpointError(Exception):
