@@ -131,7 +131,32 @@ class InputSpec(_Strict):
         )
 
 
-class OodCalibration(_Strict):
+class _CalibrationSource(_Strict):
+    """What an OOD calibration was fitted on, and how its threshold fared on images it never saw.
+
+    Optional (bundles written before these fields have none): ``rbn`` fills them when it fits the
+    score from a data folder (``--calibration-data DIR``). A bundle with no calibration at all has
+    ``ood: null`` in model.json: the service then answers the score as uncalibrated, never flagged.
+    """
+
+    source: str | None = Field(
+        None, description="what the score was fitted on: the data folder's name (an ImageFolder's directory) or data set"
+    )
+    heldout_samples: int | None = Field(
+        None, ge=1, description="clean images of the same source, used for neither fit nor threshold, that heldout_fpr was measured on"
+    )
+    heldout_fpr: float | None = Field(
+        None, ge=0, le=1, description="fraction of the held-out clean images flagged at the threshold (about 1 - clean_quantile when it generalises)"
+    )
+
+    @model_validator(mode="after")
+    def _heldout_pair(self):
+        if (self.heldout_samples is None) != (self.heldout_fpr is None):
+            raise ValueError("heldout_samples and heldout_fpr go together")
+        return self
+
+
+class OodCalibration(_CalibrationSource):
     """The first OOD score (bundles made before the graph score): per-layer standardisation of
     `rbn_stats` on clean training data, combined across layers; computed by the service (rbn.contract.ood.rms_score)."""
 
@@ -162,7 +187,7 @@ class OodCalibration(_Strict):
 OodMethod = Literal["maha", "maha_cc", "energy", "maha+energy", "maha_cc+energy"]  # rbn.contract.ood.METHODS
 
 
-class GraphOodCalibration(_Strict):
+class GraphOodCalibration(_CalibrationSource):
     """The OOD score computed inside the graph (its `ood_score` output, constants as initialisers),
     so any Open Inference Protocol client or Triton gets the same score; see rbn.contract.ood and rbn.library.ood_graph."""
 
