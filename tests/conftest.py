@@ -1,3 +1,4 @@
-"""Root of the test suite: the skip policy (tests/skip_policy.py) applies to every test."""
+"""Root of the test suite: the skip policy (tests/skip_policy.py) and the hang backstop behind the per-test
+timeout (tests/hang_guard.py) apply to every test."""
 
-pytest_plugins = ["skip_policy"]
+pytest_plugins = ["skip_policy", "hang_guard"]

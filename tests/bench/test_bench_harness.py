@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 
+# longer than the suite's per-test timeout: end-to-end benchmark runs allow 180 s each, after a server start
+pytestmark = pytest.mark.timeout(600)
+
 RBN = "test-resnet20-rbn"  # the bundles tests/bench/conftest.py writes
 BN = "test-resnet20-bn"
 ROOT = Path(__file__).resolve().parents[2]

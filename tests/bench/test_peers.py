@@ -81,6 +81,7 @@ def index_reachable() -> bool:
     return done.returncode == 0
 
 
+@pytest.mark.timeout(1200)  # may create the peers' virtual environments (pip installs) before a 240 s run
 def test_peers_harness_end_to_end(tmp_path):
     try:
         venvs.ensure("bentoml", ROOT / ".peers", log=lambda m: print(m, file=sys.stderr))

@@ -109,6 +109,7 @@ def test_lock_was_resolved_for_the_image_python():
     assert resolve_image("cpu").base == base
 
 
+@pytest.mark.timeout(900)  # two pip dry runs of up to 300 s each
 def test_lock_is_complete_and_resolves(tmp_path):
     """pip resolves each image's list under the lock, and installs nothing the lock does not pin
     (what `docker build` does, without downloading the wheels)."""

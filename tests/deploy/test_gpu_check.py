@@ -15,6 +15,10 @@ from pathlib import Path
 import pytest
 from deploy_support import ROOT
 
+# longer than the suite's per-test timeout: the wheelhouse fixture downloads the GPU image's wheels
+# (up to 300 s)
+pytestmark = pytest.mark.timeout(600)
+
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
 PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 

@@ -22,6 +22,10 @@ from pathlib import Path
 import pytest
 from deploy_support import ROOT, Server, free_port, http, sample_images
 
+# longer than the suite's per-test timeout: the first test builds the wheel (up to 300 s) and installs it
+# into a fresh venv (up to 600 s)
+pytestmark = pytest.mark.timeout(1200)
+
 BUILD_INPUTS = ("pyproject.toml", "README.md", "LICENSE", "rbn", "service", "models", "samples")
 PACKAGES = ("rbn", "service")  # the code packages; every module in them must be in the wheel
 MODELS_PACKAGE = "rbn_serve_models"

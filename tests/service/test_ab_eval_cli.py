@@ -110,6 +110,7 @@ def test_server_errors_exit_non_zero(shipped_server, image_folder, tmp_path):
     assert done.returncode == 1 and "cannot reach http://127.0.0.1:9" in done.stderr
 
 
+@pytest.mark.timeout(600)  # three ab-eval runs, one allowed 300 s
 def test_api_key_from_the_flag_or_the_environment(image_folder, tmp_path):
     key = "ab-eval-key-0123456789"
     server = start_server(ROOT / "models", tmp_path, api_key=key)

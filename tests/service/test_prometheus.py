@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -56,17 +56,28 @@ def query(url: str, promql: str) -> list[dict]:
     return body["data"]["result"]
 
 
-def wait_for(url: str, promql: str, timeout: float = 45) -> list[dict]:
+# Prometheus starts its TSDB, then scrapes every second: seconds on a quiet machine, but a fresh clone on
+# two loaded cores once needed more than 45 s. A bounded wait on the condition itself, well inside the
+# suite's per-test timeout (pyproject.toml), rather than a short fixed one.
+PROMETHEUS_WAIT_S = 150.0
+
+
+def wait_for(url: str, promql: str, timeout: float = PROMETHEUS_WAIT_S,
+             until: Callable[[list[dict]], bool] = bool) -> list[dict]:
+    """The query's result once ``until(result)`` holds (default: any series); AssertionError with the
+    last result after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    result: list[dict] | str = "no answer"
+    while True:
         try:
             result = query(url, promql)
-            if result:
+            if until(result):
                 return result
-        except httpx.HTTPError:
-            pass
+        except httpx.HTTPError as exc:
+            result = f"no answer ({exc!r})"
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"Prometheus: {promql!r} not as expected after {timeout} s; last result: {result}")
         time.sleep(0.5)
-    raise AssertionError(f"Prometheus has no series for {promql!r} after {timeout} s")
 
 
 def test_prometheus_scrapes_service_series(client, prometheus, fmnist_samples):
@@ -102,7 +113,8 @@ def test_prometheus_sees_every_worker_summed(served_repo, tmp_path):
                 assert r.status_code == 200
         with running_prometheus(server.url, tmp_path) as url:
             series = f'rbn_serve_requests_total{{route="/predict",model="{RBN}",status="2xx"}}'
-            found = wait_for(url, series)
+            # the condition itself, not a first sample: a scrape that reached Prometheus late still counts all 20
+            found = wait_for(url, series, until=lambda r: len(r) == 1 and float(r[0]["value"][1]) == 20)
             assert len(found) == 1 and float(found[0]["value"][1]) == 20
             assert wait_for(url, "rbn_serve_ready == 1")  # the minimum over the workers: both are ready
             assert len(wait_for(url, f'rbn_serve_model_info{{model="{RBN}"}}')) == 1

@@ -21,6 +21,7 @@ def fresh_server(bundle_repo, tmp_path_factory):
     proc.stop()
 
 
+@pytest.mark.timeout(600)  # schemathesis is allowed 240 s, after a server start
 def test_openapi_schema_holds_under_schemathesis(fresh_server, tmp_path):
     cli = Path(sys.executable).with_name("schemathesis")
     result = subprocess.run(
