@@ -1,0 +1,173 @@
+"""RGB photos end to end (issue #24): a pair of ImageNet-convention bundles at 64 px (shorter side 73,
+centre crop 64, a different mean and std per channel) served by a real server process; answers
+checked against references computed in the test with plain Pillow and numpy, never with the
+service's own preprocessing."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import httpx
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+from skimage import data
+from svc_support import start_server
+
+from rbn.contract.bundle import InputSpec, write_bundle
+
+SPEC = InputSpec.imagenet(size=64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))  # resize_size 73
+LABELS = ["cat", "coffee", "rocket", "astronaut", "other"]
+RBN, BN = "photo-rbn", "photo-bn"
+PIXELS = 3 * 64 * 64
+RNG = np.random.default_rng(24)
+W = (RNG.standard_normal((PIXELS, len(LABELS))) / np.sqrt(PIXELS)).astype(np.float32)
+B = RNG.standard_normal(len(LABELS)).astype(np.float32)
+# by hand: the ImageNet statistics, one per channel
+MEAN = np.array([0.485, 0.456, 0.406]).reshape(3, 1, 1)
+STD = np.array([0.229, 0.224, 0.225]).reshape(3, 1, 1)
+
+
+def write_photo_bundle(repo, name: str, norm: str, baseline: str | None = None) -> None:
+    """logits = flatten(x) @ W + B; rbn_stats = per-channel means of x (three 'layers'); no OOD calibration."""
+    f32 = TensorProto.FLOAT
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"]),
+         helper.make_node("MatMul", ["flat", "w"], ["scores"]),
+         helper.make_node("Add", ["scores", "b"], ["logits"]),
+         helper.make_node("ReduceMean", ["input", "hw"], ["rbn_stats"], keepdims=0)],
+        name,
+        [helper.make_tensor_value_info("input", f32, ["batch", 3, 64, 64])],
+        [helper.make_tensor_value_info("logits", f32, ["batch", len(LABELS)]),
+         helper.make_tensor_value_info("rbn_stats", f32, ["batch", 3])],
+        [numpy_helper.from_array(W, "w"), numpy_helper.from_array(B, "b"),
+         numpy_helper.from_array(np.array([2, 3], np.int64), "hw")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    meta = {"name": name, "architecture": "linear-probe", "norm": norm, "baseline": baseline, "labels": LABELS,
+            "input": SPEC.model_dump(), "stats_layers": ["red", "green", "blue"], "max_batch_size": 8}
+    write_bundle(repo, meta, model.SerializeToString())
+
+
+def jpeg(image: Image.Image, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def reference_logits(image: Image.Image) -> np.ndarray:
+    """By hand: shorter side to 73 (int(73 * long / short)), bilinear; centre 64x64 (torchvision's
+    rounding); (x / 255 - mean) / std per channel; the graph's arithmetic in float64."""
+    image = image.convert("RGB")
+    w, h = image.size
+    size = (73, int(73 * h / w)) if w <= h else (int(73 * w / h), 73)
+    left, top = int(round((size[0] - 64) / 2.0)), int(round((size[1] - 64) / 2.0))
+    pixels = np.asarray(image.resize(size, Image.Resampling.BILINEAR))[top : top + 64, left : left + 64]
+    x = (pixels.transpose(2, 0, 1) / 255.0 - MEAN) / STD
+    return x.reshape(-1) @ W.astype(np.float64) + B
+
+
+def served_logits(prediction: dict) -> np.ndarray:
+    """The logits up to softmax's constant, from all classes' probabilities: log p_i - log p_0."""
+    p = np.zeros(len(LABELS))
+    for entry in prediction["top_k"]:
+        p[entry["index"]] = entry["probability"]
+    return np.log(p) - np.log(p[0])
+
+
+def centred(logits: np.ndarray) -> np.ndarray:
+    return logits - logits[0]
+
+
+@pytest.fixture(scope="module")
+def photo_server(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("photo-repo")
+    write_photo_bundle(repo, BN, "bn")
+    write_photo_bundle(repo, RBN, "rbn", baseline=BN)
+    proc = start_server(repo, tmp_path_factory.mktemp("photo-server"), max_image_pixels=13_000_000)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def client(photo_server):
+    with httpx.Client(base_url=photo_server.url, timeout=60) as c:
+        yield c
+
+
+def predict(client, raw: bytes, content_type: str, model: str = RBN) -> dict:
+    r = client.post("/predict", content=raw,
+                    headers={"Content-Type": content_type}, params={"model": model, "top_k": len(LABELS)})
+    assert r.status_code == 200, r.text
+    (prediction,) = r.json()["predictions"]
+    return prediction
+
+
+def test_png_photo_logits_equal_the_hand_reference(client):
+    photo = Image.fromarray(data.chelsea())  # 451x300: no draft (PNG), no reduce (under 3x)
+    prediction = predict(client, png(photo), "image/png")
+    np.testing.assert_allclose(served_logits(prediction), centred(reference_logits(photo)), atol=1e-4)
+
+
+def test_jpeg_photo_is_decoded_at_reduced_scale_and_stays_close_to_the_full_decode(client):
+    """A 1600x1200 JPEG: libjpeg decodes it at 1/8 (200x150, still >= 73 on the shorter side).
+    Exactly equal to Pillow's own draft decode + resize + crop; within 0.05 of the full decode's
+    logits (the draft changes pixels by about half a grey level; measured here: 0.014)."""
+    photo = Image.fromarray(data.chelsea()).resize((1600, 1200), Image.Resampling.BICUBIC)
+    raw = jpeg(photo)
+    served = served_logits(predict(client, raw, "image/jpeg"))
+    drafted = Image.open(io.BytesIO(raw))
+    drafted.draft("RGB", (73, 73))
+    assert drafted.size == (200, 150)
+    np.testing.assert_allclose(served, centred(reference_logits(drafted)), atol=1e-4)
+    full = Image.open(io.BytesIO(raw))
+    np.testing.assert_allclose(served, centred(reference_logits(full)), atol=0.05)
+
+
+def test_a_12_megapixel_jpeg_goes_through_the_decode_pool(client):
+    photo = Image.fromarray(data.astronaut()[64:448]).resize((4000, 3000), Image.Resampling.BICUBIC)
+    raw = jpeg(photo)
+    served = served_logits(predict(client, raw, "image/jpeg"))
+    drafted = Image.open(io.BytesIO(raw))
+    drafted.draft("RGB", (73, 73))  # 1/8: 500x375
+    np.testing.assert_allclose(served, centred(reference_logits(drafted)), atol=1e-4)
+
+
+def test_the_pixel_limit_is_checked_on_the_header(client):
+    big = jpeg(Image.new("RGB", (4000, 3400), (90, 120, 150)))  # 13.6 MP > the server's 13 MP
+    r = client.post("/predict", content=big, headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_pixels"
+
+
+@pytest.mark.parametrize("corruption", [None, "gaussian_noise", "fog"])
+def test_ab_on_the_pair_agrees_everywhere(client, corruption):
+    photos = [Image.fromarray(data.chelsea()), Image.fromarray(data.coffee()), Image.fromarray(data.rocket())]
+    files = [("file", (f"{i}.jpg", jpeg(p), "image/jpeg")) for i, p in enumerate(photos)]
+    params = {"model": RBN, "top_k": len(LABELS), "input_png": "true"}
+    if corruption:
+        params.update(corruption=corruption, severity="3")
+    r = client.post("/ab", files=files, params=params)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert len(results) == 3
+    for item in results:
+        assert item["arms"]["rbn"]["model"] == RBN and item["arms"]["baseline"]["model"] == BN
+        assert item["agree"] is True and item["l1_distance"] == pytest.approx(0.0, abs=1e-7)
+        seen = Image.open(io.BytesIO(base64.b64decode(item["input_png"])))
+        assert seen.mode == "RGB" and seen.size == (64, 64)
+
+
+def test_models_lists_the_imagenet_input_spec(client):
+    r = client.get(f"/models/{RBN}")
+    assert r.status_code == 200
+    spec = r.json()["input"]
+    assert spec["resize"] == "shorter_side_crop" and spec["resize_size"] == 73 and spec["channels"] == 3
+    assert spec["mean"] == [0.485, 0.456, 0.406] and spec["invert"] == "never"
