@@ -93,7 +93,20 @@ def _serve(settings: Settings) -> int:
     from service.http.server import serve
 
     logs.configure(settings.log_format, settings.log_level)
-    return serve(settings)
+    if settings.grpc_port is None:
+        return serve(settings)
+    from functools import partial
+    import logging
+
+    from service.grpc.server import GrpcFrontEnd, GrpcStartError, check_port
+
+    if settings.workers > 1:  # the workers bind it with SO_REUSEPORT: make sure nobody else holds it
+        try:
+            check_port(settings)
+        except GrpcStartError as exc:
+            logging.getLogger("service.grpc.server").critical("cannot start: %s", exc)
+            return 1
+    return serve(settings, partial(GrpcFrontEnd, reuse_port=settings.workers > 1))
 
 
 def _validate(args: ValidateArgs) -> int:

@@ -46,6 +46,19 @@ class Settings(BaseSettings):
     worker); /metrics sums them all. More than 1 lets HTTP work use several cores (BENCHMARKS.md); on a GPU
     every worker holds its own copy of the models in GPU memory."""
 
+    # --- gRPC (Open Inference Protocol v2, service.grpc) -------------------------------------
+    grpc_port: int | None = Field(None, ge=0, le=65535)
+    """Port of the Open Inference Protocol's gRPC service (inference.GRPCInferenceService, what tritonclient.grpc and
+    perf_analyzer speak; Triton and KServe use 8001); unset: no gRPC. Off by default for the bare command (a second
+    copy on a fixed port would share it through SO_REUSEPORT rather than fail); the container image sets 8001.
+    With --workers every worker serves it (SO_REUSEPORT)."""
+    grpc_host: str | None = None
+    """Interface the gRPC service binds; default: the same as host."""
+    grpc_max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    """Largest gRPC message received (RESOURCE_EXHAUSTED beyond it, before it is parsed); like max_body_bytes for HTTP."""
+    grpc_max_concurrent_rpcs: int = Field(1000, ge=1)
+    """gRPC calls handled at once per worker; beyond it RESOURCE_EXHAUSTED at once (like max_connections for HTTP)."""
+
     # --- ONNX Runtime -----------------------------------------------------------------------
     providers: Literal["auto", "cuda", "cpu"] = "auto"
     """auto: CUDA when available, else CPU; cuda: CUDA or fail at start-up; cpu: CPU only."""
