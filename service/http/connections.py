@@ -14,12 +14,26 @@ refused connection open and logs a warning per request. So, per connection:
   (A timer per request costs about 7 us of event-loop time in uvloop, the sweep nothing per request.)
 * **connection cap**: a request on a connection beyond ``max_connections`` is answered 503 with
   ``Retry-After`` once its body is read, then the connection is closed; it never reaches the app.
+* **bounded heads** (``HeadLimits``): httptools (llhttp) and uvicorn bound nothing in a request's
+  head: a header value or URL streamed in pieces is joined piece by piece (``bytes +=``, quadratic),
+  and an endless stream of header lines grows uvicorn's list until the read deadline. Here the URL's
+  pieces are kept in a list (joined once: linear) and counted as they arrive (414 beyond
+  ``max_url_bytes``); each header is counted as the parser completes it (431 beyond
+  ``max_header_count`` headers or ``max_header_bytes`` bytes); and the bytes received while a head is
+  incomplete are counted per read, so that a single header value without end (which httptools
+  accumulates before any callback) is cut at the same bound. Each refusal closes the connection.
+
+The hooks used: httptools' protocol callbacks (``on_url``, ``on_header``, ``on_headers_complete``,
+public), asyncio's ``data_received``, and three uvicorn internals (``_start_asgi_task``,
+``send_400_response``, and ``on_headers_complete`` reading ``self.url``);
+``tests/reliability/test_uvicorn_hooks.py`` fails the build when uvicorn changes them.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -40,9 +54,24 @@ def _raw_error(status: int, reason: bytes, path: str, code: str, message: str, e
             % (status, reason, len(body), rid.encode(), extra)) + body
 
 
-def guarded_protocol(read_timeout_s: float, max_connections: int, retry_after_s: int, on_event: Event) -> type:
+@dataclass(frozen=True)
+class HeadLimits:
+    """Bounds of a request's head (the settings of the same names)."""
+
+    max_header_bytes: int = 32 * 1024
+    max_header_count: int = 100
+    max_url_bytes: int = 8 * 1024
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing; the answer is in the protocol's ``_refusal``."""
+
+
+def guarded_protocol(read_timeout_s: float, max_connections: int, retry_after_s: int, on_event: Event,
+                     head: HeadLimits = HeadLimits()) -> type:
     """An httptools protocol class with these limits (uvicorn's ``Config(http=...)`` takes a class)."""
 
+    head_bytes_limit = head.max_header_bytes + head.max_url_bytes + 64  # a whole head: request line and headers
     sweep_s = min(SWEEP_S, read_timeout_s / 4)
     late_after = read_timeout_s - sweep_s
     sweeping: set[asyncio.AbstractEventLoop] = set()
@@ -62,6 +91,11 @@ def guarded_protocol(read_timeout_s: float, max_connections: int, retry_after_s:
             self._receiving = False  # between a request's first byte and its last
             self._headers_done = False
             self._since: float | None = self.loop.time()  # the first request's deadline runs from here
+            self._in_head = False  # between a request's first byte and the end of its headers
+            self._head_read = 0  # bytes received while the head was incomplete (reads that began it excepted)
+            self._url_parts: list[bytes] = []
+            self._url_bytes = self._header_bytes = self._header_count = 0
+            self._refusal: bytes | None = None  # the answer that refused this connection's request
             if self.loop not in sweeping:  # one sweep per server's loop, started by its first connection
                 sweeping.add(self.loop)
                 self.loop.call_later(sweep_s, sweep, self.loop, self.connections)
@@ -70,14 +104,65 @@ def guarded_protocol(read_timeout_s: float, max_connections: int, retry_after_s:
             self._since = None
             super().connection_lost(exc)
 
+        def data_received(self, data: bytes) -> None:
+            if self._refusal is not None:  # refused and closing: read nothing more
+                return
+            began = self._in_head
+            super().data_received(data)
+            if began and self._in_head and self._refusal is None:  # a whole read of the same incomplete head
+                self._head_read += len(data)
+                if self._head_read > head_bytes_limit:
+                    self._refuse(431, b"Request Header Fields Too Large", "headers_too_large",
+                                 f"the request's head exceeds {head_bytes_limit} bytes (max_header_bytes + max_url_bytes)")
+                    self.transport.write(self._refusal)
+                    self.transport.close()
+
+        def send_400_response(self, msg: str) -> None:
+            if self._refusal is None:  # a malformed request: uvicorn's own 400
+                super().send_400_response(msg)
+                return
+            self.transport.write(self._refusal)  # a callback of ours stopped the parser
+            self.transport.close()
+
+        def _refuse(self, status: int, reason: bytes, code: str, message: str) -> None:
+            self._refusal = _raw_error(status, reason, "", code, message)
+            self._since = None
+            on_event(code)
+
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._receiving, self._headers_done = True, False
+            self._in_head, self._head_read = True, 0
+            self._url_parts = []
+            self._url_bytes = self._header_bytes = self._header_count = 0
             if self._since is None:
                 self._since = self.loop.time()
 
+        def on_url(self, url: bytes) -> None:  # uvicorn's is ``self.url += url``: quadratic in pieces
+            self._url_bytes += len(url)
+            if self._url_bytes > head.max_url_bytes:
+                self._refuse(414, b"URI Too Long", "url_too_long",
+                             f"the request target exceeds {head.max_url_bytes} bytes (max_url_bytes)")
+                raise _Refused
+            self._url_parts.append(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._header_count += 1
+            self._header_bytes += len(name) + len(value) + 4
+            if self._header_count > head.max_header_count:
+                self._refuse(431, b"Request Header Fields Too Large", "headers_too_large",
+                             f"the request has more than {head.max_header_count} header lines (max_header_count)")
+                raise _Refused
+            if self._header_bytes > head.max_header_bytes:
+                self._refuse(431, b"Request Header Fields Too Large", "headers_too_large",
+                             f"the request's headers exceed {head.max_header_bytes} bytes (max_header_bytes)")
+                raise _Refused
+            super().on_header(name, value)
+
         def on_headers_complete(self) -> None:
-            self._headers_done = True
+            self._headers_done, self._in_head = True, False
+            self.url = b"".join(self._url_parts)  # what uvicorn's on_headers_complete parses
+            self._url_parts = []
             super().on_headers_complete()
 
         def on_body(self, body: bytes) -> None:
