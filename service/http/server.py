@@ -14,13 +14,17 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Callable
+from functools import partial
 from types import FrameType
+from typing import Protocol
 
 import uvicorn
 
 from service.http.app import create_app
 from service.http.auth import KeyConfigError
 from service.core.config import Settings
+from service.core.dataplane import DataPlane
 from service.http.connections import HeadLimits, guarded_protocol
 from service.core.metrics import Metrics
 from service.http.middleware import UNMATCHED
@@ -32,14 +36,43 @@ log = logging.getLogger(__name__)
 GC_YOUNG_THRESHOLD = 10_000  # allocations between young collections (CPython's default: 700)
 
 
+class SideServer(Protocol):
+    """Another front end served in the same process and event loop, on the same core (the gRPC one,
+    ``service.grpc.server``): started after the HTTP start-up, stopped before the HTTP shutdown drains the queues."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace: float | None) -> None: ...
+
+
+SideFactory = Callable[[Settings, ServiceState, DataPlane], SideServer]
+
+
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, state: ServiceState, drain_delay_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, state: ServiceState, drain_delay_s: float,
+                 side: SideServer | None = None) -> None:
         super().__init__(config)
         self.state = state
         self.drain_delay_s = drain_delay_s
+        self.side = side
         self._draining = False
         state.on_fatal = self._fatal
         self.failed = False
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.side is not None and not self.should_exit:
+            try:
+                await self.side.start()
+            except Exception as exc:  # e.g. its port is in use: the server does not run half-started
+                log.critical("cannot start: %s", exc)
+                self.failed = True
+                self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.side is not None:  # its calls in flight finish while the batchers still run
+            await self.side.stop(self.config.timeout_graceful_shutdown)
+        await super().shutdown(sockets=sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._draining:  # a second signal: stop waiting
@@ -65,11 +98,11 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, side: SideFactory | None = None) -> int:
     """Serve until SIGTERM/SIGINT; returns the process exit code. With ``workers`` > 1 this process
     binds the port and supervises that many worker processes (``service.http.workers``)."""
     if settings.workers > 1:
-        return Supervisor(settings, serve_worker).run()
+        return Supervisor(settings, partial(serve_worker, side=side)).run()
     try:
         # Bound before the app exists: a port in use or a missing address fails here, with no thread
         # started (uvicorn binding after the lifespan started the batchers ended in an abort, exit 134).
@@ -78,7 +111,7 @@ def serve(settings: Settings) -> int:
         log.critical("cannot start: %s", exc)
         return 1
     try:
-        return serve_worker(settings, sock)
+        return serve_worker(settings, sock, side=side)
     except CannotStart as exc:
         log.critical("cannot start: %s", exc)
         return 1
@@ -86,7 +119,8 @@ def serve(settings: Settings) -> int:
         sock.close()
 
 
-def serve_worker(settings: Settings, sock: socket.socket, metrics: Metrics | None = None) -> int:
+def serve_worker(settings: Settings, sock: socket.socket, metrics: Metrics | None = None,
+                 side: SideFactory | None = None) -> int:
     """One server process on ``sock`` (bound by ``serve`` or by the supervisor of ``--workers``);
     ``CannotStart`` when the keys or the bundles are unusable."""
     try:
@@ -114,7 +148,9 @@ def serve_worker(settings: Settings, sock: socket.socket, metrics: Metrics | Non
                               HeadLimits(settings.max_header_bytes, settings.max_header_count, settings.max_url_bytes)),
     )
     app.state.service.on_ready = settle_heap
-    server = DrainingServer(config, app.state.service, settings.drain_delay_s)
+    state = app.state.service
+    server = DrainingServer(config, state, settings.drain_delay_s,
+                            None if side is None else side(settings, state, app.state.plane))
     server.run(sockets=[sock])
     code = 1 if server.failed or not server.started else 0
     unfinished = app.state.service.unfinished()
