@@ -19,7 +19,7 @@ from harness.procs import ServerProcess, free_port
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
 SAMPLES = ROOT / "samples"
-STATIC = ROOT / "service" / "web" / "static"
+STATIC = ROOT / "service" / "http" / "web" / "static"
 WAIT = 60  # seconds any one browser step may take on a busy 2-core machine
 
 
