@@ -138,47 +138,120 @@ def _candidate_pairs(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
     return pairs
 
 
-def _direct_pairs(model: nn.Module, pairs: list[tuple[nn.Module, str, str]], example: torch.Tensor) -> list[bool]:
-    """For each pair: in a real forward pass, is the norm's input exactly the conv's output?"""
-    outputs: dict[int, object] = {}
-    verdicts = [True] * len(pairs)
-    called = [False] * len(pairs)
+def _owners(model: nn.Module) -> dict[int, tuple[nn.Module, str]]:
+    """id(module) -> (parent, attribute name), for modules that appear exactly once in the tree."""
+    owners: dict[int, tuple[nn.Module, str]] = {}
+    seen_twice: set[int] = set()
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if id(child) in owners:
+                seen_twice.add(id(child))
+            owners[id(child)] = (parent, name)
+    return {k: v for k, v in owners.items() if k not in seen_twice}
+
+
+def traced_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[nn.Module, str, nn.Module, str]]:
+    """(conv parent, conv name, norm parent, norm name) for every norm whose input, in a real forward
+    pass, is exactly a conv's output: any layout (EfficientNet's ``_bn1`` after ``_depthwise_conv``, a
+    squeeze-excitation block's norm on a 1x1 map), whatever the attribute names. A norm called more
+    than once, or on different convs' outputs, is left out."""
+    owners = _owners(model)
+    produced: dict[int, tuple[nn.Module, torch.Tensor]] = {}  # the tensor is kept so that its id is not reused
+    inputs: dict[int, list[nn.Module | None]] = {}
     handles = []
-    for i, (parent, conv_name, norm_name) in enumerate(pairs):
 
-        def after_conv(_m, _inputs, out, i=i):
-            outputs[i] = out
+    def after_conv(conv, _inputs, out):
+        produced[id(out)] = (conv, out)
 
-        def before_norm(_m, inputs, i=i):
-            called[i] = True
-            verdicts[i] = verdicts[i] and inputs[0] is outputs.get(i)
+    def before_norm(norm, args):
+        conv, out = produced.get(id(args[0]), (None, None))
+        inputs.setdefault(id(norm), []).append(conv if out is args[0] else None)
 
-        handles.append(getattr(parent, conv_name).register_forward_hook(after_conv))
-        handles.append(getattr(parent, norm_name).register_forward_pre_hook(before_norm))
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(after_conv))
+    handles += [n.register_forward_pre_hook(before_norm) for n in norms]
     try:
         with torch.no_grad():
             model(example)
     finally:
         for h in handles:
             h.remove()
-    return [v and c for v, c in zip(verdicts, called)]
+    pairs = []
+    for norm in norms:
+        seen = inputs.get(id(norm), [])
+        if len(seen) != 1 or seen[0] is None or not _is_pair(seen[0], norm):
+            continue
+        conv = seen[0]
+        if id(conv) in owners and id(norm) in owners:
+            pairs.append((*owners[id(conv)], *owners[id(norm)]))
+    return pairs
+
+
+def unfolded_norms(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
+    """norm layer name -> why ``fold_model`` leaves it as a separate op (one line each)."""
+    folded = {id(getattr(np_, nn_)) for _cp, _cn, np_, nn_ in traced_pairs(model, example)}
+    reasons = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.BatchNorm2d) and id(m) not in folded:
+            why = "no running statistics" if not m.track_running_stats else "its input is not a conv's output (nothing to fold into)"
+            reasons[name] = why
+    return reasons
+
+
+def _logits(model: nn.Module, example: torch.Tensor) -> torch.Tensor | None:
+    with torch.no_grad():
+        out = model(example)
+    return out if isinstance(out, torch.Tensor) else None
+
+
+def _same(want: torch.Tensor, got: torch.Tensor) -> bool:
+    return want.shape == got.shape and (want - got).abs().max().item() <= 1e-3 * (1 + want.abs().max().item())
 
 
 def fold_model(model: nn.Module, example: torch.Tensor | None = None) -> tuple[nn.Module, int]:
     """An eval-mode copy of ``model`` with each conv -> norm pair folded.
 
-    Candidates come from the structure (see _candidate_pairs); with an ``example`` input each
-    is confirmed by a forward pass in which the norm must receive exactly the conv's output
-    (a pre-activation block's ``bn1 -> conv1`` is then left alone). The conv is replaced by the
-    folded module and the norm by ``nn.Identity``; other norms keep their plain form. A conv
-    whose output also feeds something else cannot be seen here: rbn.library.export compares the folded
-    and unfolded outputs before it writes anything. Returns the copy and the number of pairs.
+    With an ``example`` input the pairs come from a forward pass (``traced_pairs``: the norm must
+    receive exactly the conv's output, so a pre-activation block's ``bn1 -> conv1`` or a norm after
+    an add stays as it is), and the folded copy must give the model's logits on it; if it does not
+    (a conv output that also feeds a skip path), each pair is tried alone and only those that keep
+    the logits are folded. Without an example, pairs come from the structure (``_candidate_pairs``).
+    The conv is replaced by the folded module and the norm by ``nn.Identity``; other norms keep
+    their plain form (an RBN stays an unfolded RBN in the graph: ``unfolded_norms`` says which and
+    why). rbn.library.export compares the folded and unfolded outputs again before it writes
+    anything. Returns the copy and the number of pairs.
     """
     folded = copy.deepcopy(model).eval()
-    pairs = _candidate_pairs(folded)
-    if example is not None:
-        pairs = [p for p, direct in zip(pairs, _direct_pairs(folded, pairs, example)) if direct]
-    for parent, conv_name, norm_name in pairs:
-        setattr(parent, conv_name, _fold_pair(getattr(parent, conv_name), getattr(parent, norm_name)))
-        setattr(parent, norm_name, nn.Identity())
-    return folded, len(pairs)
+    if example is None:
+        pairs = [(p, c, p, n) for p, c, n in _candidate_pairs(folded)]
+        want = None
+    else:
+        pairs = traced_pairs(folded, example)
+        want = _logits(folded, example)
+
+    def apply(pair) -> tuple:
+        conv_parent, conv_name, norm_parent, norm_name = pair
+        undo = (getattr(conv_parent, conv_name), getattr(norm_parent, norm_name))
+        setattr(conv_parent, conv_name, _fold_pair(undo[0], undo[1]))
+        setattr(norm_parent, norm_name, nn.Identity())
+        return undo
+
+    def revert(pair, undo) -> None:
+        setattr(pair[0], pair[1], undo[0])
+        setattr(pair[2], pair[3], undo[1])
+
+    undos = [apply(pair) for pair in pairs]
+    if want is None or _same(want, _logits(folded, example)):
+        return folded, len(pairs)
+    for pair, undo in zip(pairs, undos):
+        revert(pair, undo)
+    kept = 0
+    for pair in pairs:
+        undo = apply(pair)
+        if _same(want, _logits(folded, example)):
+            kept += 1
+        else:  # the conv's output feeds something besides this norm
+            revert(pair, undo)
+    return folded, kept
