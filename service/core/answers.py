@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+UNCALIBRATED_METHOD = "energy"  # what an uncalibrated bundle's score is: -logsumexp(logits), larger = less familiar
+
+
 def flagged(score: float | None, threshold: float | None) -> bool | None:
     """The OOD flag, defined once: a calibrated score above its threshold; None without a calibration."""
     if score is None or threshold is None:
@@ -50,18 +53,31 @@ class ClassScore:
 
 @dataclass(frozen=True, slots=True)
 class OodVerdict:
-    """The out-of-distribution part of one image's answer."""
+    """The out-of-distribution part of one image's answer.
+
+    A calibrated bundle's answer is ``{score, flag, threshold, stats}``. An uncalibrated one (model.json
+    has no ``ood``) reports the logits' energy as an uncalibrated score, never a flag, and says why:
+    ``{score, calibrated: false, method, flag: null, threshold: null, reason, stats}``."""
 
     score: float | None  # the bundle's calibrated score; None for an uncalibrated bundle
     threshold: float | None  # the score's clean 95th percentile; None for an uncalibrated bundle
     stats: dict[str, float]  # per layer: rbn_stats
+    uncalibrated_score: float | None = None  # uncalibrated bundles: the energy, -logsumexp(logits)
+    reason: str | None = None  # uncalibrated bundles: why there is no flag
+
+    @property
+    def calibrated(self) -> bool:
+        return self.threshold is not None
 
     @property
     def flag(self) -> bool | None:
         return flagged(self.score, self.threshold)
 
     def to_json(self) -> dict:
-        return {"score": self.score, "flag": self.flag, "threshold": self.threshold, "stats": self.stats}
+        if self.calibrated or self.reason is None:
+            return {"score": self.score, "flag": self.flag, "threshold": self.threshold, "stats": self.stats}
+        return {"score": self.uncalibrated_score, "calibrated": False, "method": UNCALIBRATED_METHOD,
+                "flag": None, "threshold": None, "reason": self.reason, "stats": self.stats}
 
 
 @dataclass(slots=True)

@@ -131,7 +131,8 @@ class Model:
     def describe(self, inference: Inference, top_k: int) -> Description:
         """Per image: predicted label, top-k with probabilities, OOD block."""
         probs = softmax(inference.logits)
-        answers = describe(probs, inference.stats, self.scores(inference), self.meta.labels, self.scorer, top_k)
+        answers = describe(probs, inference.stats, self.scores(inference), self.meta.labels, self.scorer, top_k,
+                           self.scorer.uncalibrated_scores(inference.logits))
         return Description(probs, answers)
 
     def count_described(self, described: Description) -> None:

@@ -22,15 +22,16 @@ def top_k(probs: np.ndarray, k: int) -> np.ndarray:
 
 
 def describe(probs: np.ndarray, stats: np.ndarray, scores: np.ndarray | None, labels: list[str],
-             scorer: OodScorer, k: int) -> list[Prediction]:
+             scorer: OodScorer, k: int, uncalibrated: np.ndarray | None = None) -> list[Prediction]:
     """The answer for each image: predicted label, top-k with probabilities, OOD verdict (``scores``
-    from ``scorer.scores``)."""
+    from ``scorer.scores``; for an uncalibrated bundle, ``uncalibrated`` from ``scorer.uncalibrated_scores``)."""
     k = min(k, len(labels))
     best = top_k(probs, k)
     answers = []
     for i, row in enumerate(best.tolist()):
         p = probs[i].tolist()
         top = [ClassScore(labels[j], j, p[j]) for j in row]
-        verdict = scorer.verdict(stats[i], None if scores is None else scores[i])
+        verdict = scorer.verdict(stats[i], None if scores is None else scores[i],
+                                 None if uncalibrated is None else uncalibrated[i])
         answers.append(Prediction(top[0].label, top[0].index, top[0].probability, top, verdict))
     return answers

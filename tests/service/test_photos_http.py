@@ -171,3 +171,20 @@ def test_models_lists_the_imagenet_input_spec(client):
     spec = r.json()["input"]
     assert spec["resize"] == "shorter_side_crop" and spec["resize_size"] == 73 and spec["channels"] == 3
     assert spec["mean"] == [0.485, 0.456, 0.406] and spec["invert"] == "never"
+
+
+def test_an_uncalibrated_bundle_reports_energy_unflagged_and_why(client):
+    """The pair has no OOD calibration: the score is the logits' energy, reported as uncalibrated, no flag."""
+    photo = Image.fromarray(data.chelsea())
+    ood = predict(client, png(photo), "image/png")["ood"]
+    logits = reference_logits(photo)
+    energy = -(logits.max() + np.log(np.exp(logits - logits.max()).sum()))  # by hand: -logsumexp
+    assert ood["score"] == pytest.approx(energy, abs=1e-4)
+    assert ood["calibrated"] is False and ood["method"] == "energy"
+    assert ood["flag"] is None and ood["threshold"] is None
+    assert "no OOD calibration" in ood["reason"]
+    assert list(ood["stats"]) == ["red", "green", "blue"]
+    # the uncalibrated energy is not a calibrated score: it feeds neither the score histogram nor the flag counter
+    metrics = client.get("/metrics").text.splitlines()
+    assert f'rbn_serve_ood_score_count{{model="{RBN}"}} 0.0' in metrics
+    assert f'rbn_serve_ood_flagged_total{{model="{RBN}"}} 0.0' in metrics

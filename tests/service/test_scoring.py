@@ -44,11 +44,21 @@ def test_graph_scored_bundle_reads_the_graph_output():
     assert [(b["score"], b["flag"], b["threshold"]) for b in blocks] == [(0.25, False, 1.5), (2.0, True, 1.5)]
 
 
-def test_uncalibrated_bundle_has_null_score():
+def test_uncalibrated_bundle_reports_energy_unflagged_and_says_why():
+    """No OOD calibration in model.json: no calibrated score (so no metric, no flag), the logits' energy
+    reported as uncalibrated, the reason in the answer; never a made-up threshold."""
     scorer = OodScorer(meta())
     assert scorer.scores(np.ones((2, 3))) is None
-    assert scorer.verdict(np.ones(3), None).to_json() == {"score": None, "flag": None, "threshold": None,
-                                              "stats": {"l1": 1.0, "l2": 1.0, "l3": 1.0}}
+    logits = np.array([[0.0, 0.0, 0.0], [2.0, 0.0, 0.0]])
+    # by hand: -ln(3) and -ln(e^2 + 2)
+    np.testing.assert_allclose(scorer.uncalibrated_scores(logits), [-1.0986123, -2.2395447], atol=1e-6)
+    block = scorer.verdict(np.ones(3), None, -1.0986123).to_json()
+    assert block == {"score": -1.0986123, "calibrated": False, "method": "energy", "flag": None, "threshold": None,
+                     "reason": block["reason"], "stats": {"l1": 1.0, "l2": 1.0, "l3": 1.0}}
+    assert "no OOD calibration" in block["reason"] and "--calibration-data" in block["reason"]
+    calibrated = OodScorer(meta(GraphOodCalibration(method="energy", threshold=1.5, calibration_samples=10, fit_samples=20)))
+    assert calibrated.uncalibrated_scores(logits) is None
+    assert set(calibrated.verdict(np.ones(3), 0.5).to_json()) == {"score", "flag", "threshold", "stats"}
 
 
 def test_softmax_top_k_describe():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_serializer
 
 from service.http.routes.schemas.common import Closed, examples
 
@@ -15,10 +15,28 @@ class LabelProbability(Closed):
 
 
 class OodBlock(Closed):
-    score: float | None = Field(description="OOD score; larger is further from the training data (null: uncalibrated bundle)")
-    flag: bool | None = Field(description="score > threshold (the score's 95th percentile on held-out clean training images)")
+    score: float | None = Field(description=(
+        "OOD score; larger is further from the training data. For a bundle without an OOD calibration: "
+        "the logits' energy, uncalibrated (`calibrated` is false)"))
+    calibrated: bool | None = Field(None, description="present, and false, only when the bundle has no OOD calibration")
+    method: str | None = Field(None, description="uncalibrated bundles: what the score is ('energy': -logsumexp of the logits)")
+    flag: bool | None = Field(description=(
+        "score > threshold (the score's 95th percentile on held-out clean training images); null when uncalibrated"))
     threshold: float | None
+    reason: str | None = Field(None, description="uncalibrated bundles: why there is no flag, and how to calibrate")
     stats: dict[str, float] = Field(description="rbn_stats per normalisation layer")
+
+    @model_serializer(mode="wrap")
+    def _only_when_uncalibrated(self, handler):
+        """A calibrated bundle's block keeps its four keys: the uncalibrated ones are left out when absent."""
+        out = handler(self)
+        for key in _UNCALIBRATED_KEYS:
+            if out.get(key) is None:
+                out.pop(key, None)
+        return out
+
+
+_UNCALIBRATED_KEYS = ("calibrated", "method", "reason")
 
 
 class Prediction(Closed):
