@@ -2,6 +2,8 @@
 # One entry point for a fresh machine: installs what the command needs, then runs it.
 #   ./run.sh serve [rbn-serve serve flags...]   serve the shipped models on the CPU
 #   ./run.sh test  [pytest args...]             run the whole test suite
+#   ./run.sh rbn-serve <command> [args...]      any rbn-serve command (ab-eval, validate, models, ...)
+#   ./run.sh rbn <command> [args...]            the training library's commands (installs the train extra)
 #
 # `serve` installs only the service (pyproject's [project] dependencies: FastAPI, uvicorn, ONNX Runtime,
 # numpy, Pillow, ...; no torch) and no Debian package. `test` installs everything: the Debian packages
@@ -40,11 +42,27 @@ make_venv() {
   "$VENV/bin/python" -m pip install -q --upgrade pip
 }
 
-# pip install -e ".[extras]" (editable: the checkout's code and models/ are what runs).
+# pip install -e ".[extras]" (editable: the checkout's code and models/ are what runs), once: a stamp file in
+# the venv holds pyproject.toml's hash, and the install runs again only when pyproject.toml changed (a new
+# dependency). Code changes need no re-install (editable). An install with more extras satisfies one with fewer.
 install_python() {
   make_venv
-  # torch==2.13.0 resolves to the CPU build on these machines (see README for other machines).
-  "$VENV/bin/python" -m pip install -q -e ".${1:+[$1]}"
+  local extras=${1:-} hash stamp enough
+  hash=$(sha256sum pyproject.toml | cut -d' ' -f1)
+  case "$extras" in
+    "") enough="base train train,dev" ;;
+    train) enough="train train,dev" ;;
+    *) enough="$extras" ;;
+  esac
+  for stamp in $enough; do
+    stamp="$VENV/.rbn-serve-installed-$stamp"
+    [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$hash" ] && return 0
+  done
+  echo "run.sh: installing rbn-serve${extras:+[$extras]} into $VENV (once; again only when pyproject.toml changes)" >&2
+  # torch==2.13.0 resolves to the CPU build on these machines (see README for other machines). The filter hides
+  # setuptools' note on editable installs (an information, not a problem) so that only real trouble prints.
+  PYTHONWARNINGS="ignore:Editable installation" "$VENV/bin/python" -m pip install -q -e ".${extras:+[$extras]}"
+  echo "$hash" > "$VENV/.rbn-serve-installed-${extras:-base}"
 }
 
 cmd=${1:-}
@@ -59,8 +77,16 @@ case "$cmd" in
     install_python "train,dev"
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
+  rbn-serve)  # any rbn-serve command: ./run.sh rbn-serve ab-eval samples/fashion-mnist ...
+    install_python ""
+    exec "$VENV/bin/rbn-serve" "$@"
+    ;;
+  rbn)  # the training library's commands need the [train] extra (torch): ./run.sh rbn evaluate ...
+    install_python "train"
+    exec "$VENV/bin/rbn" "$@"
+    ;;
   *)
-    echo "usage: ./run.sh serve [flags] | ./run.sh test [pytest args]" >&2
+    echo "usage: ./run.sh serve [flags] | ./run.sh test [pytest args] | ./run.sh rbn-serve|rbn <command> [args]" >&2
     exit 2
     ;;
 esac

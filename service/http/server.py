@@ -110,6 +110,8 @@ def serve(settings: Settings, side: SideFactory | None = None) -> int:
     except CannotStart as exc:
         log.critical("cannot start: %s", exc)
         return 1
+    host, port = sock.getsockname()[:2]
+    log.info("listening on http://%s:%d (answers once the models are loaded: GET /readyz is 200)", host, port)
     try:
         return serve_worker(settings, sock, side=side)
     except CannotStart as exc:

@@ -60,6 +60,8 @@ def dist(tmp_path_factory) -> dict[str, Path]:
     done = step([sys.executable, "-m", "build", "--outdir", str(out), str(src)], timeout=300)
     # setuptools announces removals with SetuptoolsDeprecationWarning (the old license table did).
     assert "DeprecationWarning" not in done.stdout + done.stderr, done.stdout + done.stderr
+    # a data folder with an importable name that is not listed as a package (`Package would be ignored`)
+    assert "absent from the `packages` configuration" not in done.stdout + done.stderr, done.stdout + done.stderr
     wheels, sdists = sorted(out.glob("*.whl")), sorted(out.glob("*.tar.gz"))
     assert len(wheels) == 1 and len(sdists) == 1, sorted(p.name for p in out.iterdir())
     return {"wheel": wheels[0], "sdist": sdists[0], "src": src}
