@@ -35,7 +35,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from service.core.config import Settings
+from service.core.config import ENV_PREFIX, Settings
 from service.core.shipped import package_version, write_shipped_models
 
 PROG = "rbn-serve"
@@ -160,6 +160,74 @@ class _Parser(argparse.ArgumentParser):
         self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+# `serve --help` in sections; a field not named here lands in "limits" (max_*, *_timeout_s, ...) or "server".
+HELP_GROUPS: dict[str, tuple[str, ...]] = {
+    "server": ("host", "port", "workers", "listen_backlog", "drain_delay_s", "graceful_timeout_s"),
+    "models": ("model_repository", "primary_model", "providers", "intra_op_threads", "cuda_device", "max_batch_size",
+               "max_queue_delay_ms", "instances", "default_top_k", "shadow_fraction", "shadow_max_pending"),
+    "limits": (),
+    "security": ("api_key", "api_key_file", "docs"),
+    "metrics and logs": ("metrics_require_key", "log_format", "log_level", "access_log"),
+}
+_LIMIT_WORDS = ("max_", "retry_after", "inline_", "decode_", "read_timeout", "keep_alive", "unready_")
+
+
+def help_group(name: str) -> str:
+    """The ``serve --help`` section of a ``Settings`` field."""
+    for title, names in HELP_GROUPS.items():
+        if name in names:
+            return title
+    return "limits" if name.startswith(_LIMIT_WORDS) else "server"
+
+
+def _metavar(name: str, annotation: Any) -> str | None:
+    """A word for the value (PATH, SECONDS, N, ...) instead of the type's Python name (Path, float, int)."""
+    text = str(annotation)
+    if "list[" in text:
+        return "N,..." if "int" in text else "NAME,..."
+    if "Path" in text:
+        return "FILE" if name.endswith("_file") else "DIR"
+    if "SecretStr" in text or name.endswith("key"):
+        return "KEY"
+    for suffix, word in (("_ms", "MS"), ("_s", "SECONDS"), ("_bytes", "BYTES"), ("_pixels", "PIXELS"), ("timeout", "SECONDS"),
+                         ("port", "PORT"), ("host", "HOST"), ("server", "URL"), ("model", "NAME"), ("fraction", "0..1")):
+        if name.endswith(suffix):
+            return word
+    return "N" if "int" in text else "NUMBER" if "float" in text else "TEXT"
+
+
+def _default_text(name: str, field: Any) -> str:
+    """`` (default: ...)`` once, or nothing: none when the description says its default or there is none to show."""
+    description = field.description or ""
+    default = field.default
+    if ("default:" in description.lower() or field.is_required() or field.default_factory is not None
+            or default in (None, [], ())):
+        return ""
+    if isinstance(default, bool):
+        return f" (default: {'on' if default else 'off'})"
+    if name.endswith("_bytes") and isinstance(default, int) and default >= 1024:
+        unit, size = next((u, default / f) for u, f in (("MiB", 2**20), ("KiB", 2**10)) if default >= f)
+        return f" (default: {default} = {size:g} {unit})"
+    return f" (default: {default})"
+
+
+def _tidy_help(parser: argparse.ArgumentParser, model: type[BaseSettings], grouped: bool) -> None:
+    """Each flag's help is its description and its default once; metavars are words, not Python types;
+    with ``grouped``, the flags sit in the ``HELP_GROUPS`` sections."""
+    fields = model.model_fields
+    sections = {title: parser.add_argument_group(title) for title in HELP_GROUPS} if grouped else {}
+    for action in list(parser._actions):
+        field = fields.get(action.dest)
+        if field is None:
+            continue
+        action.help = " ".join((field.description or "").split()).replace("%", "%%") + _default_text(action.dest, field)
+        if action.nargs != 0 and action.option_strings and not str(action.metavar).startswith("{"):  # {a,b,c}: kept
+            action.metavar = _metavar(action.dest, field.annotation)
+        if grouped and action.option_strings:
+            parser._optionals._group_actions.remove(action)
+            sections[help_group(action.dest)]._group_actions.append(action)
+
+
 @dataclass(frozen=True)
 class Cli:
     """The root parser and, per subcommand, the pydantic-settings source that reads its arguments."""
@@ -183,13 +251,18 @@ def build_cli() -> Cli:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(c.name for c in COMMANDS) + "}")
     sources = {}
     for command in COMMANDS:
-        sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
+        reads_env = not issubclass(command.arguments, Arguments)  # only `serve`'s Settings read RBN_SERVE_* variables
+        sub = subparsers.add_parser(
+            command.name, help=command.help, description=command.help,
+            usage=f"{PROG} {command.name} [options]" if reads_env else None,
+            epilog=(f"Every flag is also an environment variable: --max-batch-size 8 is {ENV_PREFIX}MAX_BATCH_SIZE=8 "
+                    f"({ENV_PREFIX} + the flag's name in capitals, '-' as '_'); a flag wins over its variable.")
+            if reads_env else None)
         sources[command.name] = CliSettingsSource(
             command.arguments, root_parser=sub, cli_kebab_case=True, cli_implicit_flags=True,
-            # only `serve`'s Settings read RBN_SERVE_* variables; the other commands' help must not name any
-            cli_show_env_vars=not issubclass(command.arguments, Arguments),
-            cli_hide_none_type=True, cli_exit_on_error=True,
+            cli_show_env_vars=False, cli_hide_none_type=True, cli_exit_on_error=True,
         )
+        _tidy_help(sub, command.arguments, grouped=reads_env)
     return Cli(parser, sources)
 
 
