@@ -65,6 +65,23 @@ def _reflection_pool():
     return pool
 
 
+class _Health(health.aio.HealthServicer):
+    """grpc.health.v1 following readiness: a Check reads it at once, Watch streams see it within HEALTH_REFRESH_S."""
+
+    def __init__(self, state: ServiceState) -> None:
+        super().__init__()
+        self._state = state
+
+    async def refresh(self) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if self._state.ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE):
+            await self.set(name, status)  # ignored once enter_graceful_shutdown has run
+
+    async def Check(self, request, context):
+        await self.refresh()
+        return await super().Check(request, context)
+
+
 class GrpcFrontEnd:
     """One process's gRPC server. ``start`` binds and serves; ``stop`` stops taking calls and lets those in flight
     finish for up to ``grace`` seconds."""
@@ -76,7 +93,7 @@ class GrpcFrontEnd:
         self.reuse_port = reuse_port
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
-        self._health = health.aio.HealthServicer()
+        self._health = _Health(state)
         self._watch: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -104,19 +121,17 @@ class GrpcFrontEnd:
             raise GrpcStartError(f"cannot listen for gRPC on {where}")
         await server.start()
         self._server, self.port = server, port
-        await self._publish()
+        await self._health.refresh()
         self._watch = asyncio.get_running_loop().create_task(self._follow(), name="grpc-health")
         log.info("gRPC (Open Inference Protocol) on %s", address(settings.grpc_host or settings.host, port))
-
-    async def _publish(self) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if self.state.ready else health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in ("", SERVICE):
-            await self._health.set(name, status)
 
     async def _follow(self) -> None:
         while True:
             await asyncio.sleep(HEALTH_REFRESH_S)
-            await self._publish()
+            try:
+                await self._health.refresh()
+            except Exception:  # noqa: BLE001 - never let the health loop die: the next tick tries again
+                log.exception("gRPC health refresh failed")
 
     async def stop(self, grace: float | None) -> None:
         if self._watch is not None:
