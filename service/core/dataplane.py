@@ -11,7 +11,7 @@ import numpy as np
 
 from service.core.abstats import AbTally
 from service.core.answers import AbAnswer, CorruptionRequest, LabelRef, ModelRef, PredictAnswer, Timings
-from service.core.compare import compare, corrupt_images
+from service.core.compare import compare
 from service.core.decoding import Upload
 from service.core.errors import NoBaseline
 from service.core.imaging import to_png
@@ -70,7 +70,7 @@ class DataPlane:
         start = time.perf_counter()
         images = await model.decode(uploads)
         if corruption is not None:
-            images = corrupt_images(images, corruption.name, corruption.severity, corruption.seed)
+            images = await model.corrupt(images, corruption.name, corruption.severity, corruption.seed)
         x = model.normalize(images)
         decoded = time.perf_counter()
         result, base = await asyncio.gather(model.infer(x), baseline.infer(x))

@@ -24,6 +24,7 @@ from PIL import Image
 
 from rbn.contract.bundle import InputSpec
 from service.core import imagecheck
+from service.core.compare import corrupt_images
 from service.core.config import Settings
 from service.core.errors import DecodeBusy, ServiceError, TooManyPixels
 from service.core.imaging import open_image, render
@@ -141,6 +142,14 @@ class Decoder:
             if isinstance(result, BaseException):
                 raise result
         return results
+
+    async def corrupt(self, images: np.ndarray, name: str, severity: int, seed: int) -> np.ndarray:
+        """/ab's server-side corruption of decoded uint8 (N, C, H, W) images (``compare.corrupt_images``):
+        on the event loop while the batch holds at most ``inline_decode_pixels`` values (28x28 images),
+        else in the pool (at 224x224 RGB one zoom blur costs a second or more); 503 when the pool is full."""
+        if images.size <= self.inline_pixels:
+            return corrupt_images(images, name, severity, seed)
+        return await self.pool.run(corrupt_images, images, name, severity, seed)
 
     def shutdown(self) -> None:
         self.pool.shutdown()

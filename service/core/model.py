@@ -20,6 +20,7 @@ from rbn.contract.bundle import LOGITS_NAME, SCORE_NAME, STATS_NAME, BundleError
 from service.core import imaging
 from service.core.answers import Prediction, flagged
 from service.core.batching import Batcher, BatchSlice
+from service.core.compare import corrupt_images
 from service.core.config import Settings
 from service.core.decoding import Decoder, Upload
 from service.core.errors import InvalidArgument
@@ -108,6 +109,12 @@ class Model:
         if self._decoder is None:
             raise RuntimeError(f"{self!r} was opened without a server: decode the images yourself and call predict")
         return await self._decoder.decode(uploads, self.meta.input)
+
+    async def corrupt(self, images: np.ndarray, name: str, severity: int, seed: int) -> np.ndarray:
+        """uint8 (N, C, H, W) images corrupted server-side (/ab), in the decode pool when they are large."""
+        if self._decoder is None:
+            return corrupt_images(images, name, severity, seed)
+        return await self._decoder.corrupt(images, name, severity, seed)
 
     async def preprocess(self, uploads: list[Upload]) -> np.ndarray:
         """Uploads -> the float32 (N, C, H, W) input tensor."""
