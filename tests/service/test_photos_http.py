@@ -30,24 +30,34 @@ MEAN = np.array([0.485, 0.456, 0.406]).reshape(3, 1, 1)
 STD = np.array([0.229, 0.224, 0.225]).reshape(3, 1, 1)
 
 
-def write_photo_bundle(repo, name: str, norm: str, baseline: str | None = None) -> None:
-    """logits = flatten(x) @ W + B; rbn_stats = per-channel means of x (three 'layers'); no OOD calibration."""
+CALIBRATED = "photo-calibrated"
+THRESHOLD = -1.9  # energies of the test photos straddle it (by hand below)
+CALIBRATION = {"kind": "graph", "method": "energy", "threshold": THRESHOLD, "calibration_samples": 40,
+               "fit_samples": 160, "source": "my-photos", "heldout_samples": 50, "heldout_fpr": 0.06}
+
+
+def write_photo_bundle(repo, name: str, norm: str, baseline: str | None = None, ood: dict | None = None) -> None:
+    """logits = flatten(x) @ W + B; rbn_stats = per-channel means of x (three 'layers'); with ``ood``,
+    an `ood_score` output (the energy, -logsumexp of the logits) and that calibration."""
     f32 = TensorProto.FLOAT
+    nodes = [helper.make_node("Flatten", ["input"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "w"], ["scores"]),
+             helper.make_node("Add", ["scores", "b"], ["logits"]),
+             helper.make_node("ReduceMean", ["input", "hw"], ["rbn_stats"], keepdims=0)]
+    outputs = [helper.make_tensor_value_info("logits", f32, ["batch", len(LABELS)]),
+               helper.make_tensor_value_info("rbn_stats", f32, ["batch", 3])]
+    if ood is not None:
+        nodes += [helper.make_node("ReduceLogSumExp", ["logits", "last"], ["lse"], keepdims=1),
+                  helper.make_node("Neg", ["lse"], ["ood_score"])]
+        outputs.append(helper.make_tensor_value_info("ood_score", f32, ["batch", 1]))
     graph = helper.make_graph(
-        [helper.make_node("Flatten", ["input"], ["flat"]),
-         helper.make_node("MatMul", ["flat", "w"], ["scores"]),
-         helper.make_node("Add", ["scores", "b"], ["logits"]),
-         helper.make_node("ReduceMean", ["input", "hw"], ["rbn_stats"], keepdims=0)],
-        name,
-        [helper.make_tensor_value_info("input", f32, ["batch", 3, 64, 64])],
-        [helper.make_tensor_value_info("logits", f32, ["batch", len(LABELS)]),
-         helper.make_tensor_value_info("rbn_stats", f32, ["batch", 3])],
+        nodes, name, [helper.make_tensor_value_info("input", f32, ["batch", 3, 64, 64])], outputs,
         [numpy_helper.from_array(W, "w"), numpy_helper.from_array(B, "b"),
-         numpy_helper.from_array(np.array([2, 3], np.int64), "hw")])
+         numpy_helper.from_array(np.array([2, 3], np.int64), "hw"), numpy_helper.from_array(np.array([1], np.int64), "last")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
     meta = {"name": name, "architecture": "linear-probe", "norm": norm, "baseline": baseline, "labels": LABELS,
-            "input": SPEC.model_dump(), "stats_layers": ["red", "green", "blue"], "max_batch_size": 8}
+            "input": SPEC.model_dump(), "stats_layers": ["red", "green", "blue"], "max_batch_size": 8, "ood": ood}
     write_bundle(repo, meta, model.SerializeToString())
 
 
@@ -92,6 +102,7 @@ def photo_server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("photo-repo")
     write_photo_bundle(repo, BN, "bn")
     write_photo_bundle(repo, RBN, "rbn", baseline=BN)
+    write_photo_bundle(repo, CALIBRATED, "bn", ood=CALIBRATION)
     proc = start_server(repo, tmp_path_factory.mktemp("photo-server"), max_image_pixels=13_000_000)
     yield proc
     proc.stop()
@@ -178,7 +189,7 @@ def test_an_uncalibrated_bundle_reports_energy_unflagged_and_why(client):
     photo = Image.fromarray(data.chelsea())
     ood = predict(client, png(photo), "image/png")["ood"]
     logits = reference_logits(photo)
-    energy = -(logits.max() + np.log(np.exp(logits - logits.max()).sum()))  # by hand: -logsumexp
+    energy = energy_by_hand(logits)  # -logsumexp
     assert ood["score"] == pytest.approx(energy, abs=1e-4)
     assert ood["calibrated"] is False and ood["method"] == "energy"
     assert ood["flag"] is None and ood["threshold"] is None
@@ -188,3 +199,22 @@ def test_an_uncalibrated_bundle_reports_energy_unflagged_and_why(client):
     metrics = client.get("/metrics").text.splitlines()
     assert f'rbn_serve_ood_score_count{{model="{RBN}"}} 0.0' in metrics
     assert f'rbn_serve_ood_flagged_total{{model="{RBN}"}} 0.0' in metrics
+
+
+def energy_by_hand(logits: np.ndarray) -> float:
+    return float(-(logits.max() + np.log(np.exp(logits - logits.max()).sum())))
+
+
+def test_a_calibrated_photo_bundle_keeps_the_answer_shape_and_lists_its_calibration(client):
+    flags = []
+    for photo in (data.chelsea(), data.coffee()):  # energies by hand: -2.66 and -1.41
+        image = Image.fromarray(photo)
+        ood = predict(client, png(image), "image/png", model=CALIBRATED)["ood"]
+        assert set(ood) == {"score", "flag", "threshold", "stats"}
+        assert ood["score"] == pytest.approx(energy_by_hand(reference_logits(image)), abs=1e-4)
+        assert ood["threshold"] == THRESHOLD
+        flags.append(ood["flag"])
+    assert flags == [False, True]
+    summary = client.get(f"/models/{CALIBRATED}").json()["ood"]
+    assert (summary["source"], summary["heldout_samples"], summary["heldout_fpr"]) == ("my-photos", 50, 0.06)
+    assert client.get(f"/models/{RBN}").json()["ood"] is None

@@ -32,7 +32,8 @@ def describe_model(model: Model, state: ServiceState) -> ModelInfo:
         stats_layers=list(meta.stats_layers),
         ood=None if ood is None else OodSummary(
             kind=ood.kind, method=ood.method, threshold=ood.threshold,
-            clean_quantile=ood.clean_quantile, calibration_samples=ood.calibration_samples),
+            clean_quantile=ood.clean_quantile, calibration_samples=ood.calibration_samples,
+            source=ood.source, heldout_samples=ood.heldout_samples, heldout_fpr=ood.heldout_fpr),
         evaluation=meta.evaluation,
         provenance=None if meta.provenance is None else meta.provenance.model_dump(),
     )

@@ -16,6 +16,9 @@ class OodSummary(Closed):
     threshold: float
     clean_quantile: float
     calibration_samples: int
+    source: str | None = Field(None, description="what the calibration was fitted on (a data folder's name); null in older bundles")
+    heldout_samples: int | None = Field(None, description="held-out clean images the false-positive rate was measured on")
+    heldout_fpr: float | None = Field(None, description="fraction of those held-out clean images the threshold flags")
 
 
 class ModelInfo(Closed):
@@ -29,7 +32,9 @@ class ModelInfo(Closed):
     provider: str = Field(description="cpu | cuda")
     max_batch_size: int = Field(description="largest batch the server forms for this model")
     labels: list[str]
-    input: dict[str, Any] = Field(description="input spec: channels, height, width, mean, std, resize, invert")
+    input: dict[str, Any] = Field(description=(
+        "input spec: channels, height, width, mean, std, resize (fit | stretch | shorter_side_crop), resize_size, "
+        "interpolation, invert (docs/models.md)"))
     stats_layers: list[str]
     ood: OodSummary | None
     evaluation: dict[str, Any] | None
