@@ -159,7 +159,16 @@
       setStatus(`Answered in ${ms.toFixed(0)} ms (server ${answer.timings.total_ms.toFixed(1)} ms).`);
       refreshSummary();
     } catch (err) {
-      if (seq === state.seq) setStatus(`Comparison failed: ${err.message}`, true);
+      if (seq !== state.seq) return;
+      // the previous image's result must not stay on screen as if it answered this one
+      $("arm-rbn").replaceChildren();
+      $("arm-baseline").replaceChildren();
+      $("ood-help").hidden = true;
+      delete $("result").dataset.seq;
+      $("verdict").replaceChildren(el("b", { class: "bad", text: `No result for ${image.name}: ${err.message}` }));
+      $("verdict").setAttribute("role", "alert");
+      setStatus(`Comparison failed: ${err.message}`, true);
+      $("verdict").scrollIntoView({ block: "center" }); // on a phone the result area may be below the fold
     }
   }
 
@@ -168,6 +177,7 @@
     const { rbn, baseline } = result.arms;
     const shift = answer.corruption ? `${answer.corruption.name.replaceAll("_", " ")}, severity ${answer.corruption.severity}` : "no corruption";
     const verdict = $("verdict");
+    verdict.removeAttribute("role");
     verdict.replaceChildren(
       // agreeing on a wrong answer is not good news: green only when the label (if given) agrees too
       result.agree ? el("b", { class: answer.label && result.winner === "neither" ? "bad" : "ok", text: `Both arms say ${rbn.label}.` })
@@ -182,6 +192,7 @@
     ));
     renderArm($("arm-rbn"), "RBN", rbn, result, "rbn");
     renderArm($("arm-baseline"), "Baseline (BN)", baseline, result, "baseline");
+    $("ood-help").hidden = false;
   }
 
   function renderArm(node, title, arm, result, side) {
@@ -203,7 +214,9 @@
       const lo = Math.min(0, ood.score), hi = Math.max(2 * ood.threshold, ood.score, lo + 1e-6);
       const at = (x) => `${(100 * (x - lo) / (hi - lo)).toFixed(1)}%`;
       oodBlock.append(el("div", { class: "track", role: "img", "aria-label": `score ${fixed(ood.score, 2)} against threshold ${fixed(ood.threshold, 2)}` },
-        el("span", { class: "threshold", style: { left: at(ood.threshold) } }), el("span", { class: "mark", style: { left: at(ood.score) } })));
+        el("span", { class: "threshold", style: { left: at(ood.threshold) } }), el("span", { class: "mark", style: { left: at(ood.score) } })),
+      el("small", { class: "legend" }, el("i", { class: "tick tick-score" }), " this image ", el("i", { class: "tick tick-threshold" }), " threshold"));
+      if (flagged) oodBlock.append(el("small", { class: "advice", text: "Unlike the training images: do not trust this label (see below)." }));
     }
     node.replaceChildren(
       el("h3", { text: `${title}: ${arm.model} v${arm.version}` }),
@@ -224,9 +237,12 @@
     const start = performance.now();
     try {
       const clean = (await postAb(image, params())).results[0];
+      // Both arms are read on the same class: the label, or without one the RBN arm's clean answer (each arm's
+      // own answer would plot two different classes when they disagree, and a confidently wrong arm would look robust).
       const labelled = $("label").value !== "";
-      const target = labelled ? { rbn: Number($("label").value), baseline: Number($("label").value) }
-        : { rbn: clean.arms.rbn.index, baseline: clean.arms.baseline.index };
+      const index = labelled ? Number($("label").value) : clean.arms.rbn.index;
+      const target = { rbn: index, baseline: index };
+      const className = pairModel().labels[index];
       const jobs = [];
       for (const corruption of state.corruptions) for (let severity = 1; severity <= 5; severity++) jobs.push({ corruption, severity });
       const curves = new Map(state.corruptions.map((c) => [c, { rbn: [], baseline: [] }]));
@@ -245,7 +261,7 @@
       }
       await Promise.all(Array.from({ length: SWEEP_CONCURRENCY }, worker));
       const ms = performance.now() - start;
-      drawSweep(curves, labelled ? `label ${$("label").selectedOptions[0].text}` : "each arm's clean answer");
+      drawSweep(curves, labelled ? `the label, ${className}` : `the RBN arm's answer on the clean image, ${className}`);
       $("sweep-section").dataset.ms = ms.toFixed(1);
       $("sweep-section").dataset.count = String(jobs.length);
       setStatus(`Sweep of ${jobs.length} comparisons in ${(ms / 1000).toFixed(2)} s.`);
@@ -260,7 +276,7 @@
   function drawSweep(curves, what) {
     const plots = $("sweep-plots");
     plots.replaceChildren();
-    $("sweep-help").firstChild.textContent = `Confidence of each arm in the ${what}, severity 1–5. `;
+    $("sweep-caption").textContent = `Confidence of both arms in ${what}, at severity 1–5 of each corruption.`;
     const W = 150, H = 92, L = 24, R = 6, T = 6, B = 16;
     const x = (s) => L + (s - 1) * (W - L - R) / 4, y = (p) => T + (1 - p) * (H - T - B);
     for (const [corruption, curve] of curves) {
@@ -307,11 +323,17 @@
       $("summary-count").textContent = `${summary.comparisons} comparisons in ${summary.rows.length} rows.`;
       $("summary-count").dataset.count = String(summary.comparisons);
       $("summary-since").textContent = `since ${summary.since.replace("T", " ").replace("Z", " UTC")}`;
+      scrollHint();
     } catch (err) {
       $("summary-count").textContent = `Summary unavailable: ${err.message}`;
     } finally {
       summaryBusy = false;
     }
+  }
+
+  function scrollHint() { // say so when the table is wider than its box (a phone shows half the columns)
+    const wrap = $("summary-wrap");
+    $("summary-scroll").hidden = wrap.scrollWidth <= wrap.clientWidth + 1;
   }
 
   // --- start-up -----------------------------------------------------------------------------
@@ -338,7 +360,10 @@
   }
 
   function bind() {
-    $("file").addEventListener("change", (e) => { addFiles(e.target.files); e.target.value = ""; });
+    // The input keeps showing the chosen file; it is emptied when clicked, so the same file can be chosen again.
+    $("file").addEventListener("change", (e) => addFiles(e.target.files));
+    $("file").addEventListener("click", (e) => { e.target.value = ""; });
+    window.addEventListener("resize", scrollHint);
     const drop = $("drop");
     document.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
     document.addEventListener("dragleave", (e) => { if (!e.relatedTarget) drop.classList.remove("over"); });
