@@ -155,3 +155,9 @@ def test_drain_delay_outlasts_the_gateway_marking_a_replica_down(gpu_config):
 def test_haproxy_config_is_valid():
     done = run([tool("haproxy"), "-c", "-f", str(DOCKER / "haproxy/haproxy.cfg")])
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_an_api_that_cannot_start_is_retried_a_bounded_number_of_times(gpu_config, cpu_config):
+    """A server that cannot start exits 1 (one "cannot start:" line); Compose retries it 5 times, not forever."""
+    for config in (gpu_config, cpu_config):
+        assert config["services"]["api"]["restart"] == "on-failure:5"
