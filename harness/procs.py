@@ -1,14 +1,18 @@
-"""A server in a subprocess on an ephemeral loopback port: the port, one HTTP request, the process.
+"""A server in a subprocess on an ephemeral loopback port: the port, one HTTP request, the process, and
+``RbnServe``, the one way the tests and benchmarks start ``rbn-serve serve`` (settings as its flags).
 
-Shared by the test helpers (tests/service, tests/deploy, tests/reliability) and the benchmark scripts
-(through bench/common.py). Standard library only, so that every script, the GPU one included, can import it.
+Shared by the test helpers (tests/service, tests/web, tests/deploy, tests/reliability) and the benchmark
+scripts (through bench/common.py). Standard library only, so that every script, the GPU one included, can
+import it; it imports neither the service nor the tests.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -133,3 +137,37 @@ class ServerProcess:
                 self.proc.wait(10)
         self._log.close()
         return self.proc.returncode
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def setting_flags(settings: dict[str, object]) -> list[str]:
+    """``{"max_batch_size": 4, "access_log": True}`` -> ``["--max-batch-size", "4", "--access-log", "true"]``."""
+    flags: list[str] = []
+    for key, value in settings.items():
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        flags += [f"--{key.replace('_', '-')}", text]
+    return flags
+
+
+def clean_env(root: Path = ROOT, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This environment with no ``RBN_SERVE_*`` setting leaking in and the checkout ``root`` importable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RBN_SERVE_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
+    env.update(extra or {})
+    return env
+
+
+class RbnServe(ServerProcess):
+    """``python -m service serve`` from the checkout ``root`` on 127.0.0.1 (an ephemeral port unless one is
+    given), on the CPU: every setting in ``settings`` passed as its command-line flag, ``flags`` as they are,
+    and nothing from the caller's ``RBN_SERVE_*`` variables (``env`` adds variables of its own)."""
+
+    def __init__(self, log_path: Path, *flags: str, port: int | None = None, root: Path = ROOT,
+                 python: str = sys.executable, env: dict[str, str] | None = None, name: str = "rbn-serve",
+                 popen: dict | None = None, **settings: object) -> None:
+        port = port or free_port()
+        settings = {"host": "127.0.0.1", "port": port, "providers": "cpu", **settings}
+        args = [python, "-m", "service", "serve", *flags, *setting_flags(settings)]
+        super().__init__(args, port, log_path, name=name, cwd=root, env=clean_env(root, env), **(popen or {}))

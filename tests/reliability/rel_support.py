@@ -1,16 +1,15 @@
 """Helpers for the reliability and access tests: a real server on the shipped bundles, configured
-through ``RBN_SERVE_*`` variables (booleans and keys need no flag syntax), raw sockets, and a
+through harness.procs.RbnServe (settings as command-line flags, as every test and benchmark starts it), raw sockets, and a
 ``/healthz`` probe that records its worst wait. Imported as ``tests.reliability.rel_support``."""
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
 import time
 from pathlib import Path
 
-from harness.procs import ServerProcess, free_port, http
+from harness.procs import RbnServe, free_port, http  # noqa: F401 - the tests import them from here
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
@@ -19,8 +18,8 @@ SAMPLE = (ROOT / "samples" / "fashion-mnist" / "0_ankle-boot.png").read_bytes()
 SAMPLE_LABEL = "Ankle boot"
 
 
-class Server(ServerProcess):
-    """``python -m service serve`` on the shipped bundles; ``settings`` become ``RBN_SERVE_*`` variables."""
+class Server(RbnServe):
+    """``python -m service serve`` on the shipped bundles (harness.procs.RbnServe: settings as flags)."""
 
     ready_timeout = 90.0
     poll_interval = 0.1
@@ -28,13 +27,7 @@ class Server(ServerProcess):
     quote_lines = 60
 
     def __init__(self, tmp: Path, port: int | None = None, log_name: str = "server.log", **settings) -> None:
-        port = port or free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RBN_SERVE_")}
-        env["PYTHONPATH"] = str(ROOT)
-        env.update({"RBN_SERVE_MODEL_REPOSITORY": str(MODELS), "RBN_SERVE_PROVIDERS": "cpu",
-                    "RBN_SERVE_HOST": "127.0.0.1", "RBN_SERVE_PORT": str(port)})
-        env.update({f"RBN_SERVE_{k.upper()}": str(v).lower() if isinstance(v, bool) else str(v) for k, v in settings.items()})
-        super().__init__([sys.executable, "-m", "service", "serve"], port, tmp / log_name, cwd=ROOT, env=env)
+        super().__init__(tmp / log_name, port=port, **{"model_repository": MODELS, **settings})
 
 
 def start(tmp: Path, **settings) -> Server:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import io
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from harness.procs import ServerProcess, free_port
+from harness.procs import RbnServe, free_port  # noqa: F401 - the tests import free_port from here
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples"
@@ -30,8 +28,8 @@ def encode(array: np.ndarray, fmt: str = "PNG", **params) -> bytes:
     return buffer.getvalue()
 
 
-class ServiceProcess(ServerProcess):
-    """``python -m service serve`` in a subprocess on an ephemeral loopback port."""
+class ServiceProcess(RbnServe):
+    """``python -m service serve`` on the bundles of ``repo`` (harness.procs.RbnServe)."""
 
     ready_timeout = 90.0
     poll_interval = 0.1
@@ -39,14 +37,7 @@ class ServiceProcess(ServerProcess):
     quote_lines = None  # errors quote the whole log
 
     def __init__(self, repo: Path, log_path: Path, **settings) -> None:
-        port = free_port()
-        args = [sys.executable, "-m", "service", "serve", "--model-repository", str(repo),
-                "--host", "127.0.0.1", "--port", str(port), "--providers", "cpu"]
-        for key, value in settings.items():
-            args += [f"--{key.replace('_', '-')}", str(value)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RBN_SERVE_")}
-        env["PYTHONPATH"] = str(ROOT)
-        super().__init__(args, port, log_path, cwd=ROOT, env=env)
+        super().__init__(log_path, model_repository=repo, **settings)
 
 
 def start_server(repo: Path, tmp: Path, **settings) -> ServiceProcess:

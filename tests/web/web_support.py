@@ -4,17 +4,15 @@ page refers to."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import sys
 from pathlib import Path
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.support.ui import WebDriverWait
 
-from harness.procs import ServerProcess, free_port
+from harness.procs import RbnServe
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
@@ -23,22 +21,15 @@ STATIC = ROOT / "service" / "http" / "web" / "static"
 WAIT = 60  # seconds any one browser step may take on a busy 2-core machine
 
 
-class PageServer(ServerProcess):
-    """``python -m service serve`` on the shipped bundles, on an ephemeral loopback port."""
+class PageServer(RbnServe):
+    """``python -m service serve`` on the shipped bundles (harness.procs.RbnServe)."""
 
     ready_timeout = 120.0
     poll_interval = 0.1
     quote_lines = None
 
     def __init__(self, log_path: Path, *flags: str, **settings: object) -> None:
-        port = free_port()
-        args = [sys.executable, "-m", "service", "serve", "--model-repository", str(MODELS),
-                "--host", "127.0.0.1", "--port", str(port), "--providers", "cpu", *flags]
-        for key, value in settings.items():
-            args += [f"--{key.replace('_', '-')}", str(value)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RBN_SERVE_")}
-        env["PYTHONPATH"] = str(ROOT)
-        super().__init__(args, port, log_path, cwd=ROOT, env=env)
+        super().__init__(log_path, *flags, model_repository=MODELS, **settings)
 
 
 _REFERENCE = re.compile(r"""(?:src|href|spec-url)\s*=\s*["']([^"']+)["']|url\s*:\s*["']([^"']+)["']""")
