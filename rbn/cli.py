@@ -40,16 +40,100 @@ def _finetune(args) -> None:
     print(f"fine-tuned {done}/{recipe.epochs} epochs into {where}{accuracy}")
 
 
+class UsageError(ValueError):
+    """The command line asks for something inconsistent; the message says what to give."""
+
+
+def _intake(args):
+    """--model SPEC [--weights FILE] -> rbn.library.intake.Intake (None when --model is not given)."""
+    if not getattr(args, "model", None):
+        if getattr(args, "weights", None):
+            raise UsageError("--weights needs --model (which architecture to load them into)")
+        return None
+    from rbn.library.intake import load_model
+
+    intake = load_model(args.model, args.weights)
+    for note in intake.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return intake
+
+
+def _checkpoint_or_model(args) -> None:
+    if bool(args.checkpoint) == bool(args.model):
+        raise UsageError("give either a checkpoint written by `rbn train` or --model SPEC [--weights FILE]")
+
+
 def _export(args) -> None:
     from rbn.library.export import export_onnx
-    from rbn.experiments.release import INPUT_SHAPE, load_checkpoint
 
-    model, _ = load_checkpoint(args.checkpoint)
-    data = export_onnx(model, args.out, input_shape=INPUT_SHAPE, folded=not args.unfolded)
+    _checkpoint_or_model(args)
+    if args.model:
+        intake = _intake(args)
+        model, shape = intake.model, intake.input_shape
+    else:
+        from rbn.experiments.release import INPUT_SHAPE, load_checkpoint
+
+        model, shape = load_checkpoint(args.checkpoint)[0], INPUT_SHAPE
+    data = export_onnx(model, args.out, input_shape=shape, folded=not args.unfolded)
     print(f"wrote {args.out} ({len(data)} bytes)")
+    if not args.unfolded:
+        import torch
+
+        from rbn.library.fold import unfolded_norms
+
+        for layer, why in unfolded_norms(model, torch.randn(2, *shape)).items():
+            print(f"not folded: {layer}: {why}", file=sys.stderr)
+
+
+def _convert(args) -> None:
+    import torch
+
+    from rbn.library.convert import convert_bn_to_rbn
+    from rbn.experiments.model_bundle import conversion_error
+
+    intake = _intake(args)
+    before = __import__("copy").deepcopy(intake.model)
+    converted = convert_bn_to_rbn(intake.model)
+    error = conversion_error(before, intake.model, intake.input_shape)
+    torch.save({"state_dict": intake.model.state_dict(), "model": args.model, "converted": converted}, args.out)
+    print(f"wrote {args.out}: {len(converted)} BatchNorm2d layers converted to RBN, max |logit difference| {error:.2g}; "
+          f"load it with --model {args.model} --weights {args.out}")
+
+
+def _read_labels(path: str | None) -> list[str] | None:
+    if not path:
+        return None
+    text = Path(path).read_text()
+    return json.loads(text) if text.lstrip().startswith("[") else [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _bundle_model(args) -> None:
+    from rbn.experiments import model_bundle
+    from rbn.experiments.release import _git_commit
+
+    labels = _read_labels(args.labels)
+    common = {"calibration_data": args.calibration_data, "calibration_limit": args.calibration_limit, "commit": _git_commit()}
+    if args.pair:
+        prefix = args.name or args.model.replace(":", "-").replace(".", "-").lower()
+        for path in model_bundle.bundle_pair(args.model, args.repository, prefix, weights=args.weights, labels=labels, **common):
+            print(f"wrote bundle {path}")
+        return
+    if not args.name:
+        raise UsageError("--name is required (or --pair)")
+    intake = _intake(args)
+    labels = labels or model_bundle.default_labels(intake)
+    path = model_bundle.bundle_model(intake, args.repository, args.name, labels, baseline=args.baseline, version=args.version, **common)
+    print(f"wrote bundle {path}")
 
 
 def _bundle(args) -> None:
+    _checkpoint_or_model(args)
+    if args.model:
+        return _bundle_model(args)
+    if args.pair or args.calibration_data:
+        raise UsageError("--pair and --calibration-data take --model SPEC")
+    if not args.name:
+        raise UsageError("--name is required")
     from rbn.experiments.release import bundle_from_checkpoint
 
     from rbn.experiments.evaluate import summary
@@ -138,6 +222,15 @@ def _report(args) -> None:
     print(f"wrote {args.out}")
 
 
+MODEL_HELP = ("resnet20, resnet50 (project ResNets, BN; -rbn for RBN), efficientnet-lite0 (pretrained), "
+              "torchvision:NAME, timm:NAME, or package.module:factory (docs/models.md)")
+
+
+def _model_arguments(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--model", required=required, help=MODEL_HELP)
+    p.add_argument("--weights", help="state-dict file for --model (official RBN checkpoints too)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rbn", description=__doc__)
     parser.add_argument("--data", help="Fashion-MNIST folder (default: RBN_FASHION_MNIST_DIR or the Debian package's)")
@@ -173,15 +266,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default runs/<checkpoint stem>-ft-s<seed>)")
     p.set_defaults(func=_finetune)
 
-    p = sub.add_parser("export", help="checkpoint -> ONNX (logits, rbn_stats)")
-    p.add_argument("checkpoint")
+    p = sub.add_parser("export", help="checkpoint or --model -> ONNX (logits, rbn_stats, rbn_channel_stats)")
+    p.add_argument("checkpoint", nargs="?", help="a checkpoint written by `rbn train` (or give --model)")
     p.add_argument("out")
+    _model_arguments(p)
     p.add_argument("--unfolded", action="store_true", help="export the layer as written, not folded")
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("bundle", help="checkpoint -> bundle in the model repository")
-    p.add_argument("checkpoint")
-    p.add_argument("--name", required=True)
+    p = sub.add_parser("convert", help="--model (BN) -> the same model with every BatchNorm2d an exact RBN, saved as a state dict")
+    _model_arguments(p, required=True)
+    p.add_argument("--out", required=True, help="the state-dict file to write")
+    p.set_defaults(func=_convert)
+
+    p = sub.add_parser("bundle", help="checkpoint or --model -> bundle in the model repository (--pair: BN and its RBN conversion)")
+    p.add_argument("checkpoint", nargs="?", help="a checkpoint written by `rbn train` (or give --model)")
+    _model_arguments(p)
+    p.add_argument("--pair", action="store_true", help="--model is a BN model: write NAME-bn and NAME-rbn (its exact conversion, paired)")
+    p.add_argument("--labels", help="class names: a JSON list or one per line (default: ImageNet's for 1000 classes)")
+    p.add_argument("--calibration-data", help="ImageFolder of in-distribution images to fit the OOD score on (else: uncalibrated)")
+    p.add_argument("--calibration-limit", type=int, help="use at most N images of --calibration-data (drawn at random)")
+    p.add_argument("--name", help="bundle name (with --pair: the prefix; default from --model)")
     p.add_argument("--baseline", help="for an RBN model: its BN bundle's name")
     p.add_argument("--repository", default="models")
     p.add_argument("--version", type=int, default=1)
@@ -217,18 +321,25 @@ def main(argv: list[str] | None = None) -> int:
     from rbn.experiments.data import DatasetError
 
     args = build_parser().parse_args(argv)
-    errors: tuple[type[Exception], ...] = (DatasetError, BundleError, FileNotFoundError)
+    errors: tuple[type[Exception], ...] = (DatasetError, BundleError, FileNotFoundError, UsageError)
     try:
         from rbn.experiments.finetune import FinetuneError
+        from rbn.experiments.imagefolder import ImageFolderError
         from rbn.experiments.release import CheckpointError
+        from rbn.library.export import ExportError
+        from rbn.library.intake import IntakeError
 
-        errors += (CheckpointError, FinetuneError)
+        errors += (CheckpointError, FinetuneError, IntakeError, ImageFolderError, ExportError)
     except ImportError:  # torch not installed: only the torch-free commands work
         pass
     try:
         return args.func(args) or 0
     except errors as exc:
         print(f"rbn {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # the [train] extra (torch, scikit-learn, ...) is not installed
+        print(f"rbn {args.command}: needs the Python package {exc.name!r} of the [train] extra: run it as "
+              f"./run.sh rbn {args.command} ... (installs the extra), or .venv/bin/pip install -e '.[train]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

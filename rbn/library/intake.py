@@ -58,6 +58,7 @@ class Intake:
     input_size: int = 224
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bilinear"  # the resize filter of its evaluation transform (torchvision's ImageNet weights: bilinear)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -151,13 +152,14 @@ KNOWN = "resnet20, resnet50[-rbn], efficientnet-lite0, torchvision:<name>, timm:
 
 def build_model(spec: str, num_classes: int | None = None) -> Intake:
     """The architecture named by ``spec`` (weights: pretrained for efficientnet-lite0, random otherwise)."""
-    mean, std, size = IMAGENET_MEAN, IMAGENET_STD, 224
+    mean, std, size, interpolation = IMAGENET_MEAN, IMAGENET_STD, 224, "bilinear"
     if spec.startswith("torchvision:"):
         model = _torchvision(spec.split(":", 1)[1])
     elif spec.startswith("timm:"):
         model = _timm(spec.split(":", 1)[1])
     elif spec == EFFICIENTNET_LITE0:
-        model, mean, std = efficientnet_lite0(), LITE_MEAN, LITE_STD
+        # the TensorFlow originals' evaluation: crop 224/256 of the shorter side, bicubic resize
+        model, mean, std, interpolation = efficientnet_lite0(), LITE_MEAN, LITE_STD, "bicubic"
     elif (project := _project(spec, num_classes)) is not None:
         model = project
         if spec.startswith("resnet20"):
@@ -166,7 +168,7 @@ def build_model(spec: str, num_classes: int | None = None) -> Intake:
         model = _factory(spec)
     else:
         raise IntakeError(f"unknown model {spec!r}; valid forms: {KNOWN}")
-    return Intake(model.eval(), spec, input_size=size, mean=tuple(mean), std=tuple(std))
+    return Intake(model.eval(), spec, input_size=size, mean=tuple(mean), std=tuple(std), interpolation=interpolation)
 
 
 def _unwrap(state: object, path: str) -> dict[str, torch.Tensor]:
