@@ -96,18 +96,24 @@ class Decoder:
         imagecheck.check(data)
         return open_image(data, self.max_pixels)
 
+    def _inline(self, data: bytes) -> bool:
+        """Whether a file is opened and decoded on the event loop: small, and plain (no progressive scans, no
+        compressed metadata: ``imagecheck.check``, which also refuses a hostile file here, at bounded cost)."""
+        return len(data) <= self.inline_bytes and imagecheck.check(data)
+
     async def decode(self, uploads: list[Upload], spec: InputSpec) -> np.ndarray:
         """uint8 (N, C, H, W) for ``spec``; an error names the file when there are several."""
         count = len(uploads)
         images: list[Image.Image | None] = [None] * count
-        large = []
+        large, inline = [], [False] * count
         for i, upload in enumerate(uploads):
-            if len(upload.data) <= self.inline_bytes:
-                try:
-                    images[i] = self._open(upload.data)
-                except ServiceError as exc:
-                    raise _for_file(exc, i, upload, count) from None
-            else:
+            try:
+                inline[i] = self._inline(upload.data)
+                if inline[i]:
+                    images[i] = open_image(upload.data, self.max_pixels)
+            except ServiceError as exc:
+                raise _for_file(exc, i, upload, count) from None
+            if not inline[i]:
                 large.append(i)
         if large:
             opened = await self._in_pool(self._open, [uploads[i].data for i in large], large, uploads)
@@ -120,7 +126,7 @@ class Decoder:
         out = np.empty((count, spec.channels, spec.height, spec.width), np.uint8)
         heavy = []
         for i, image in enumerate(images):
-            if image.width * image.height <= self.inline_pixels and len(uploads[i].data) <= self.inline_bytes:
+            if inline[i] and image.width * image.height <= self.inline_pixels:
                 try:
                     out[i] = render(image, spec)
                 except ServiceError as exc:

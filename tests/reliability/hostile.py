@@ -85,3 +85,101 @@ def v2_big_json(images: int = 64) -> bytes:
     """A valid JSON infer request of ``images`` images (about 3 KB of text per image... x images)."""
     return json.dumps({"inputs": [{"name": "input", "shape": [images, 1, 28, 28], "datatype": "FP32",
                                    "data": [0.123456] * (images * 784)}]}).encode()
+
+
+# --- issue #25: what slipped past the structure checks ------------------------------------------
+def _segments(data: bytes) -> tuple[bytes, list[bytes], bytes]:
+    """A JPEG -> (everything before its first scan, each scan (SOS segment and its entropy-coded data), EOI)."""
+    first = data.index(b"\xff\xda")
+    scans, at = [], first
+    while True:
+        length = struct.unpack_from(">H", data, at + 2)[0]
+        pos = at + 2 + length
+        while True:  # to the next marker that is not a stuffed byte or a restart marker
+            pos = data.index(b"\xff", pos)
+            if data[pos + 1] == 0 or 0xD0 <= data[pos + 1] <= 0xD7:
+                pos += 2
+                continue
+            break
+        scans.append(data[at:pos])
+        if data[pos + 1] != 0xDA:
+            # tables between scans (DHT) belong to the next scan; EOI ends the file
+            if data[pos + 1] == 0xD9:
+                return data[:first], scans, data[pos:]
+            nxt = data.index(b"\xff\xda", pos)
+            scans[-1] += data[pos:nxt]
+            at = nxt
+        else:
+            at = pos
+
+
+def jpeg_scan_flood(scans: int = 20_000, side: int = 1024) -> bytes:
+    """A smooth progressive JPEG whose last (12-byte) scan is repeated ``scans`` times: libjpeg works over the
+    whole coefficient buffer for each, ~0.5 ms apiece here (240 KB and ~10 s of CPU at the defaults)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (100, 120, 140)).save(buffer, "JPEG", progressive=True)
+    head, parts, tail = _segments(buffer.getvalue())
+    return head + b"".join(parts) + parts[-1] * scans + tail
+
+
+def jpeg_fill_flood(fill: int = 1_000_000) -> bytes:
+    """A small JPEG with ``fill`` 0xFF fill bytes before its second marker (legal; Pillow reads them one by one in Python)."""
+    buffer = io.BytesIO()
+    Image.new("L", (28, 28), 128).save(buffer, "JPEG")
+    data = buffer.getvalue()
+    return data[:2] + b"\xff" * fill + data[2:]
+
+
+def png_text_bomb(chunks: int = 15, inflated: int = 1_000_000, kind: bytes = b"zTXt") -> bytes:
+    """A 28x28 PNG with ``chunks`` compressed text chunks (zTXt, or iCCP profiles) of ``inflated`` bytes each
+    (about 1 KB apiece on the wire: 15 of them fit in 16 KiB, the inline-decode size)."""
+    ihdr = struct.pack(">IIBBBBB", 28, 28, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"".join(b"\0" + bytes(28) for _ in range(28)))
+    payload = zlib.compress(b"a" * inflated, 9)
+    extra = b"".join(_chunk(kind, b"k%d\0\0" % i + payload) for i in range(chunks))
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + extra + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+
+
+def bigtiff_strip_flood(strips: int = 200_000, order: str = "<") -> bytes:
+    """tiff_strip_flood as a BigTIFF (8-byte offsets and counts). Pillow reads only the little-endian
+    BigTIFF as one (b"MM\\x00+" it reads as a classic TIFF: ``tiff_strip_flood_big_endian(magic=...)``)."""
+    entries = [(256, 4, 1, 1), (257, 4, 1, strips), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+               (277, 3, 1, 1), (278, 4, 1, 1)]
+    ifd_size = 8 + 20 * (len(entries) + 2) + 8
+    offsets_at = 16 + ifd_size
+    counts_at = offsets_at + 8 * strips
+    pixels_at = counts_at + 8 * strips
+    entries += [(273, 16, strips, offsets_at), (279, 16, strips, counts_at)]
+    entries.sort()
+    def entry(tag: int, kind: int, count: int, value: int) -> bytes:  # a value sits in the field's first bytes
+        field = {3: "H6x", 4: "I4x", 16: "Q"}[kind] if count == 1 else "Q"
+        return struct.pack(order + "HHQ" + field, tag, kind, count, value)
+
+    ifd = struct.pack(order + "Q", len(entries)) + b"".join(entry(*e) for e in entries)
+    ifd += struct.pack(order + "Q", 0)
+    offsets = np.arange(pixels_at, pixels_at + strips, dtype=order + "u8").tobytes()
+    counts = np.ones(strips, dtype=order + "u8").tobytes()
+    magic = b"II+\x00" if order == "<" else b"MM\x00+"
+    return magic + struct.pack(order + "HHQ", 8, 0, 16) + ifd + offsets + counts + bytes(strips)
+
+
+def tiff_strip_flood_big_endian(strips: int = 400_000, magic: bytes = b"MM\x00*") -> bytes:
+    """tiff_strip_flood in Motorola byte order; ``magic`` may be one of the variants Pillow also accepts (b"MM*\\x00")."""
+    entries = [(256, 4, 1, 1), (257, 4, 1, strips), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+               (277, 3, 1, 1), (278, 4, 1, 1)]
+    ifd_size = 2 + 12 * (len(entries) + 2) + 4
+    offsets_at = 8 + ifd_size
+    counts_at = offsets_at + 4 * strips
+    pixels_at = counts_at + 4 * strips
+    entries += [(273, 4, strips, offsets_at), (279, 4, strips, counts_at)]
+    entries.sort()
+
+    def entry(tag: int, kind: int, count: int, value: int) -> bytes:
+        if kind == 3 and count == 1:  # a SHORT sits in the first two bytes of the value field
+            return struct.pack(">HHIHH", tag, kind, count, value, 0)
+        return struct.pack(">HHII", tag, kind, count, value)
+
+    ifd = struct.pack(">H", len(entries)) + b"".join(entry(*e) for e in entries) + struct.pack(">I", 0)
+    offsets = np.arange(pixels_at, pixels_at + strips, dtype=">u4").tobytes()
+    counts = np.ones(strips, dtype=">u4").tobytes()
+    return magic + struct.pack(">I", 8) + ifd + offsets + counts + bytes(strips)
