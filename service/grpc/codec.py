@@ -41,9 +41,10 @@ def input_bytes(request: pb.ModelInferRequest) -> int:
     return raw + typed
 
 
-def parse_infer(request: pb.ModelInferRequest, meta: BundleMeta) -> ParsedInfer:
+def parse_infer(request: pb.ModelInferRequest, meta: BundleMeta, max_magnitude: float | None = None,
+                max_response_bytes: int | None = None) -> ParsedInfer:
     """The input tensor (from ``raw_input_contents`` or ``contents.fp32_contents``) and the requested outputs,
-    checked as the REST side checks them."""
+    checked as the REST side checks them (``max_magnitude`` and ``max_response_bytes`` as in ``oip.parse_infer``)."""
     spec = meta.input
     inputs, raw = request.inputs, request.raw_input_contents
     if len(inputs) != 1:
@@ -81,7 +82,15 @@ def parse_infer(request: pb.ModelInferRequest, meta: BundleMeta) -> ParsedInfer:
     x = x.reshape(shape)
     if not np.isfinite(x).all():
         raise InvalidTensor(f"input {name!r} holds NaN or infinite values")
-    return ParsedInfer(x, requested_outputs(request, list(graph_outputs(meta))), request.id)
+    if max_magnitude is not None:
+        oip._check_magnitude(x, max_magnitude, name)  # noqa: SLF001 - the REST side's own check and message
+    parsed = ParsedInfer(x, requested_outputs(request, list(graph_outputs(meta))), request.id)
+    if max_response_bytes is not None:
+        size = oip.answer_bytes(meta, [(n, True) for n in parsed.outputs], len(x))  # gRPC answers are binary
+        if size > max_response_bytes:
+            raise oip.ResponseTooLarge(f"the answer to this request could take {size} bytes, over the server's "
+                                       f"max_response_bytes of {max_response_bytes}: request fewer images or outputs")
+    return parsed
 
 
 def requested_outputs(request: pb.ModelInferRequest, names: list[str]) -> list[str]:

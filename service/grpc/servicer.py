@@ -141,10 +141,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, request: pb.ModelInferRequest, labels: dict) -> pb.ModelInferResponse:
         model = self._model(request.model_name, request.model_version, labels)
         settings = self.settings
+        args = (request, model.meta, settings.max_input_magnitude, settings.max_response_bytes)
         if codec.input_bytes(request) <= settings.inline_body_bytes:
-            parsed = codec.parse_infer(request, model.meta)  # small: cheaper than a thread hop
+            parsed = codec.parse_infer(*args)  # small: cheaper than a thread hop
         else:  # the copy and the checks grow with the tensor: never on the event loop
-            parsed = await self.state.decoder.pool.run(codec.parse_infer, request, model.meta)
+            parsed = await self.state.decoder.pool.run(codec.parse_infer, *args)
         queue = settings.max_queue_size  # all of a request's batches wait in the queue at once
         if len(parsed.x) > queue:
             raise InvalidTensor(f"input {model.meta.input.name!r} has a batch of {len(parsed.x)}; model {model.name} "
