@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     # --- deadlines and connections ----------------------------------------------------------
     read_timeout_s: float = Field(30.0, gt=0.0)
     """Longest time to receive a request's headers and body, from its first byte (or the connection opening); beyond it 408 and the connection is closed."""
+    write_timeout_s: float = Field(30.0, gt=0.0)
+    """Longest time an answer may wait for the client to take it once the connection's send buffer is full; beyond it the
+    connection is closed and the answer's memory freed (metric reason write_timeout)."""
     keep_alive_timeout_s: float = Field(5.0, gt=0.0)
     """An idle keep-alive connection is closed after this many seconds without a new request."""
     max_connections: int = Field(1000, ge=1)

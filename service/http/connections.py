@@ -14,6 +14,12 @@ refused connection open and logs a warning per request. So, per connection:
   (A timer per request costs about 7 us of event-loop time in uvloop, the sweep nothing per request.)
 * **connection cap**: a request on a connection beyond ``max_connections`` is answered 503 with
   ``Retry-After`` once its body is read, then the connection is closed; it never reaches the app.
+  Probes (``PROBES``: /healthz, /readyz, the protocol's health routes) are never refused by the cap:
+  an orchestrator that cannot reach them would restart a server that is only busy.
+* **send deadline**: once an answer fills the transport's buffer (asyncio's ``pause_writing``), the
+  client must take it within ``write_timeout_s``; a client that does not read is cut off
+  (``transport.abort()``: the buffered answer is freed at once, the route's next ``send`` finds the
+  client gone). The same sweep finds them.
 * **bounded heads** (``HeadLimits``): httptools (llhttp) and uvicorn bound nothing in a request's
   head: a header value or URL streamed in pieces is joined piece by piece (``bytes +=``, quadratic),
   and an endless stream of header lines grows uvicorn's list until the read deadline. Here the URL's
@@ -24,8 +30,9 @@ refused connection open and logs a warning per request. So, per connection:
   accumulates before any callback) is cut at the same bound. Each refusal closes the connection.
 
 The hooks used: httptools' protocol callbacks (``on_url``, ``on_header``, ``on_headers_complete``,
-public), asyncio's ``data_received``, and three uvicorn internals (``_start_asgi_task``,
-``send_400_response``, and ``on_headers_complete`` reading ``self.url``);
+public), asyncio's ``data_received``, ``pause_writing`` and ``resume_writing``, and uvicorn internals
+(``_start_asgi_task``, ``send_400_response``, ``on_headers_complete`` reading ``self.url``, the
+cycle's flags, ``connection_lost`` releasing a blocked send);
 ``tests/reliability/test_uvicorn_hooks.py`` fails the build when uvicorn changes them.
 """
 
@@ -42,6 +49,7 @@ from service.core.context import new_id
 from service.http.errors import is_v2
 
 Event = Callable[[str], None]  # counts a connection-level refusal by reason
+PROBES = frozenset({b"/healthz", b"/readyz", b"/v2/health/live", b"/v2/health/ready"})  # answered beyond the cap
 SWEEP_S = 0.25  # how often late requests are looked for
 
 
@@ -68,11 +76,11 @@ class _Refused(Exception):
 
 
 def guarded_protocol(read_timeout_s: float, max_connections: int, retry_after_s: int, on_event: Event,
-                     head: HeadLimits = HeadLimits()) -> type:
+                     head: HeadLimits = HeadLimits(), write_timeout_s: float = 30.0) -> type:
     """An httptools protocol class with these limits (uvicorn's ``Config(http=...)`` takes a class)."""
 
     head_bytes_limit = head.max_header_bytes + head.max_url_bytes + 64  # a whole head: request line and headers
-    sweep_s = min(SWEEP_S, read_timeout_s / 4)
+    sweep_s = min(SWEEP_S, read_timeout_s / 4, write_timeout_s / 4)
     late_after = read_timeout_s - sweep_s
     sweeping: set[asyncio.AbstractEventLoop] = set()
 
@@ -82,12 +90,16 @@ def guarded_protocol(read_timeout_s: float, max_connections: int, retry_after_s:
             since = getattr(conn, "_since", None)
             if since is not None and now - since > late_after:
                 conn._expired()
+            blocked = getattr(conn, "_blocked_since", None)
+            if blocked is not None and now - blocked > write_timeout_s:
+                conn._write_expired()
         loop.call_later(sweep_s, sweep, loop, connections)
 
     class GuardedHttpTools(HttpToolsProtocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._over_cap = len(self.connections) > max_connections
+            self._refusing = False  # this request is refused by the cap (over it, and not a probe)
             self._receiving = False  # between a request's first byte and its last
             self._headers_done = False
             self._since: float | None = self.loop.time()  # the first request's deadline runs from here
@@ -96,13 +108,27 @@ def guarded_protocol(read_timeout_s: float, max_connections: int, retry_after_s:
             self._url_parts: list[bytes] = []
             self._url_bytes = self._header_bytes = self._header_count = 0
             self._refusal: bytes | None = None  # the answer that refused this connection's request
+            self._blocked_since: float | None = None  # when the transport's buffer went over its high-water mark
             if self.loop not in sweeping:  # one sweep per server's loop, started by its first connection
                 sweeping.add(self.loop)
                 self.loop.call_later(sweep_s, sweep, self.loop, self.connections)
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._since = None
+            self._since = self._blocked_since = None
             super().connection_lost(exc)
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            self._blocked_since = self.loop.time()
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            self._blocked_since = None
+
+        def _write_expired(self) -> None:
+            self._blocked_since = None
+            on_event("write_timeout")
+            self.transport.abort()  # drops the buffered answer; connection_lost tells the route the client is gone
 
         def data_received(self, data: bytes) -> None:
             if self._refusal is not None:  # refused and closing: read nothing more
@@ -163,21 +189,22 @@ def guarded_protocol(read_timeout_s: float, max_connections: int, retry_after_s:
             self._headers_done, self._in_head = True, False
             self.url = b"".join(self._url_parts)  # what uvicorn's on_headers_complete parses
             self._url_parts = []
+            self._refusing = self._over_cap and self.url.partition(b"?")[0] not in PROBES
             super().on_headers_complete()
 
         def on_body(self, body: bytes) -> None:
-            if not self._over_cap:  # an over-cap request's body is read and dropped
+            if not self._refusing:  # an over-cap request's body is read and dropped
                 super().on_body(body)
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
             self._receiving = False
             self._since = None
-            if self._over_cap:
+            if self._refusing:
                 self._refuse_over_cap()
 
         def _start_asgi_task(self, cycle, app) -> None:
-            if self._over_cap:  # the app never sees it; answered once the body is read
+            if self._refusing:  # the app never sees it; answered once the body is read
                 return
             super()._start_asgi_task(cycle, app)
 

@@ -44,3 +44,12 @@ def test_headers_reach_on_header_and_the_cycle_has_its_flags():
     for flag in ("self.disconnected", "self.response_started", "self.response_complete", "self.message_event"):
         assert flag in cycle, flag
     assert "self.connections.add(self)" in source(HttpToolsProtocol.connection_made)
+
+
+def test_flow_control_and_connection_lost_release_a_blocked_send():
+    """The send deadline: asyncio's pause/resume_writing reach uvicorn's flow control, and an aborted
+    transport's connection_lost marks the cycle disconnected and releases a send waiting to drain."""
+    assert "self.flow.pause_writing()" in source(HttpToolsProtocol.pause_writing)
+    assert "self.flow.resume_writing()" in source(HttpToolsProtocol.resume_writing)
+    lost = source(HttpToolsProtocol.connection_lost)
+    assert "self.cycle.disconnected = True" in lost and "self.flow.resume_writing()" in lost
