@@ -130,8 +130,13 @@ def _ab_eval(args: AbEvalArgs) -> int:
 
     from service.tools.abeval import run
 
+    key = args.api_key if args.api_key is not None else os.environ.get("RBN_SERVE_API_KEY")
+    if key is not None and not key.strip():  # `--api-key "$KEY"` with KEY unset: say so, do not send no key
+        print(f"{PROG} ab-eval: the API key is empty (--api-key or RBN_SERVE_API_KEY); give the key, or leave both "
+              "unset for a server that requires none", file=sys.stderr)
+        return USAGE_ERROR
     return run(args.folder, args.server, args.model, args.corruptions, args.severities, args.concurrency,
-               args.batch, args.api_key or os.environ.get("RBN_SERVE_API_KEY"), args.out, args.timeout)
+               args.batch, key, args.out, args.timeout)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ Passed to ``create_app(settings)``; never read from a global. Invalid values fai
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,7 @@ from rbn.contract.bundle import MAX_QUEUE_DELAY_MS
 from service.core.shipped import default_model_repository
 
 ENV_PREFIX = "RBN_SERVE_"
+API_KEY = re.compile(r"[!-+\--~]{8,}")  # one API key: printable ASCII without spaces or commas, 8+ characters
 
 
 class Settings(BaseSettings):
@@ -162,6 +164,20 @@ class Settings(BaseSettings):
     def _repository_exists(cls, value: Path) -> Path:
         if not value.is_dir():
             raise ValueError(f"model repository {str(value)!r} is not a directory")
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _keys_well_formed(cls, value: SecretStr | None) -> SecretStr | None:
+        """Checked here, so a bad key is an invalid setting (exit 2) like any other; the key file is read at start-up."""
+        if value is None:
+            return None
+        keys = [k for k in re.split(r"[\s,]+", value.get_secret_value().strip()) if k]
+        if not keys:
+            raise ValueError("is empty (leave it unset to require no key)")
+        for key in keys:  # never quote the key: this message is printed
+            if not API_KEY.fullmatch(key):
+                raise ValueError(f"a key of {len(key)} characters is not 8+ printable ASCII characters without spaces or commas")
         return value
 
     @field_validator("api_key_file")

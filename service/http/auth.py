@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
-from service.core.config import Settings
+from service.core.config import API_KEY, Settings
 
 PROBES = ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready")
 PAGE = ("/", "/favicon.ico")
@@ -27,8 +27,9 @@ DOCS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 METRICS = "/metrics"
 CHALLENGE = 'Bearer realm="rbn-serve"'
 
-# A key is printable ASCII without spaces or commas (those separate keys), at least 8 characters.
-_KEY = re.compile(r"[!-+\--~]{8,}")
+# A key is printable ASCII without spaces or commas (those separate keys), at least 8 characters: the rule
+# Settings checks api_key with (an invalid setting, exit 2); a key file's keys are checked here at start-up.
+_KEY = API_KEY
 
 
 class KeyConfigError(ValueError):

@@ -132,6 +132,16 @@ def test_api_key_from_the_flag_or_the_environment(image_folder, tmp_path):
         server.stop()
 
 
+def test_an_empty_api_key_is_refused_before_any_request(image_folder, tmp_path):
+    """`--api-key "$KEY"` with KEY unset: one line, exit 2, instead of running without a key."""
+    folder, _ = image_folder
+    done = ab_eval(str(folder), "--server", "http://127.0.0.1:9", "--api-key", "", "--out", str(tmp_path / "a"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == ["rbn-serve ab-eval: the API key is empty (--api-key or RBN_SERVE_API_KEY); "
+                                                "give the key, or leave both unset for a server that requires none"]
+    assert not (tmp_path / "a").exists()
+
+
 @pytest.mark.parametrize(("listing", "says"), [
     ("{not json", "not valid JSON"),
     ('{"a.png": 1}', 'expected a list of {"file": ..., "label": index}'),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from pydantic import ValidationError
 from asgi_app import SAMPLE, app
 
 from service.core.config import Settings
@@ -77,9 +78,12 @@ def test_a_leading_separator_does_not_hide_the_keys():
 
 def test_key_errors_name_their_source_and_the_rule(tmp_path):
     with pytest.raises(KeyConfigError) as info:
-        load_keys(Settings(api_key="good-key-0001,short"))
+        parse_keys("good-key-0001,short", "api_key")
     assert str(info.value) == ("api_key: a key of 5 characters is not 8+ printable ASCII characters "
                                "without spaces or commas")
+    with pytest.raises(ValidationError) as invalid:  # the same rule makes api_key an invalid setting (exit 2)
+        Settings(api_key="good-key-0001,short")
+    assert "a key of 5 characters is not 8+ printable ASCII characters without spaces or commas" in str(invalid.value)
     keys = tmp_path / "keys"
     keys.write_text("tiny\n")
     with pytest.raises(KeyConfigError) as info:

@@ -91,6 +91,9 @@ def test_flags_win_over_the_environment(monkeypatch):
 
 @pytest.mark.parametrize("argv, env, line", [
     (["--shadow-fraction", "2"], {}, "rbn-serve: invalid setting shadow_fraction: Input should be less than or equal to 1"),
+    (["--api-key", "short"], {}, "rbn-serve: invalid setting api_key: Value error, a key of 5 characters is not 8+ "
+                                 "printable ASCII characters without spaces or commas"),
+    (["--api-key", ""], {}, "rbn-serve: invalid setting api_key: Value error, is empty (leave it unset to require no key)"),
     (["--port", "abc"], {}, "rbn-serve: invalid setting port: Input should be a valid integer, unable to parse string as an integer"),
     (["--log-format", "xml"], {}, "rbn-serve: invalid setting log_format: Input should be 'text' or 'json'"),
     ([], {"PORT": "-1"}, "rbn-serve: invalid setting port: Input should be greater than or equal to 0"),
