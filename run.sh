@@ -14,8 +14,9 @@ cd "$(dirname "$0")"
 VENV=${RBN_VENV:-.venv}
 # The test suite's Debian packages: the data set (training and evaluation tests), Prometheus (promtool and
 # the dashboard queries), HAProxy (the gateway config check), wrk (benchmark tests) and headless Chromium with
-# its WebDriver (the page at /, tests/web, driven by Selenium from the dev extra). Serving needs none.
-TEST_APT_PACKAGES=(dataset-fashion-mnist prometheus haproxy wrk chromium chromium-driver)
+# its WebDriver (the page at /, tests/web, driven by Selenium from the dev extra), zstd (bench/gpu_stage.py
+# compresses the GPU wheel for a device lease; tests/deploy/test_gpu_*). Serving needs none.
+TEST_APT_PACKAGES=(dataset-fashion-mnist prometheus haproxy wrk chromium chromium-driver zstd)
 
 install_debian_packages() {
   local missing=()

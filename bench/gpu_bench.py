@@ -20,6 +20,15 @@ bench/gpu_check.sh installs onnxruntime-gpu and runs this with ``--providers cud
    processes) POSTing one JPEG of the input size at high concurrency.
 
     python bench/gpu_bench.py [--providers cuda] [--arch resnet50] [--batches 1,32,128] [--seconds 2]
+
+bench/gpu_check.sh runs it in steps, each under its own time budget, so that the exports (torch) and the
+measurements (onnxruntime-gpu) can run in different interpreters and a cut-off step loses only itself:
+
+    python bench/gpu_bench.py --export-only DIR --arch resnet50      # torch: the three graphs + meta + reference
+    python bench/gpu_bench.py --graphs DIR --no-service              # ORT timings of those graphs (timing.json)
+    python bench/gpu_bench.py --shipped fmnist-resnet20-rbn --no-service   # the shipped pair, no torch needed
+    python bench/gpu_bench.py --graphs DIR --service-only            # the service on DIR's RBN graph
+    python bench/gpu_bench.py --graphs DIR --graphs DIR2 --memory    # device memory per model, one process each
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import importlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -66,7 +76,8 @@ GRAPHS = ("RBN folded", "BN folded (+ rbn_stats)", "BN ordinary (logits only)")
 VARIANTS = ("session.run (numpy)", "IOBinding", "IOBinding + CUDA graph")
 SERVICE_PACKAGES = ("fastapi", "starlette", "uvicorn", "pydantic", "pydantic_settings", "orjson", "PIL",
                     "prometheus_client", "httpx")
-SHAPES = {"resnet50": ((3, 224, 224), 1000), "resnet20": ((1, 28, 28), 10)}
+SHAPES = {"resnet50": ((3, 224, 224), 1000), "resnet20": ((1, 28, 28), 10), "efficientnet-lite0": ((3, 224, 224), 1000)}
+GRAPH_FILES = dict(zip(GRAPHS, ("rbn.onnx", "bn.onnx", "bn_plain.onnx"), strict=True))
 
 
 # --- set-up ------------------------------------------------------------------------------------
@@ -108,7 +119,12 @@ def session_options(threads: int, profile_prefix: str | None = None):
 def providers_for(kind: str, device: int, cuda_graph: bool = False) -> list:
     if kind == "cpu":
         return [CPU]
-    options: dict = {"device_id": device}  # as service.core.runtime.provider_list
+    try:  # the service's CUDA provider options (cuDNN algorithm search, arena), as service.core.runtime builds them
+        from service.core.runtime import cuda_provider_options
+
+        options: dict = cuda_provider_options(device)
+    except ImportError:  # an older service, or its dependencies missing
+        options = {"device_id": device, "cudnn_conv_algo_search": "HEURISTIC"}
     if cuda_graph:
         options["enable_cuda_graph"] = "1"
     return [(CUDA, options), CPU]
@@ -135,8 +151,10 @@ def gpu_facts() -> list[str]:
             facts.append(f"GPU (nvidia-smi): {out}")
     except (OSError, subprocess.TimeoutExpired):
         pass
-    import torch
-
+    try:
+        import torch
+    except ImportError:
+        return facts + ["torch is not importable here"]
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         facts.append(f"torch sees {torch.cuda.get_device_name(0)} ({p.multi_processor_count} SMs, "
@@ -156,8 +174,19 @@ def export_graphs(arch: str) -> tuple[dict[str, bytes], dict, tuple[int, int, in
 
     shape, classes = SHAPES[arch]
     torch.manual_seed(0)
-    rbn = randomize(build(arch, "rbn", shape[0], classes), seed=0)
-    bn = randomize(build(arch, "bn", shape[0], classes), seed=1)
+    if arch == "efficientnet-lite0":  # the real architecture (random weights), converted BN -> RBN
+        import copy
+
+        from rbn.library.convert import convert_bn_to_rbn
+        from rbn.library.intake import efficientnet_lite0
+
+        bn = randomize(efficientnet_lite0(pretrained=False), seed=1)
+        rbn = copy.deepcopy(bn)
+        convert_bn_to_rbn(rbn)
+        rbn = randomize(rbn, seed=0)
+    else:
+        rbn = randomize(build(arch, "rbn", shape[0], classes), seed=0)
+        bn = randomize(build(arch, "bn", shape[0], classes), seed=1)
     t0 = time.perf_counter()
     graphs = {
         GRAPHS[0]: export_onnx(rbn, input_shape=shape),
@@ -392,7 +421,8 @@ def importable(module: str) -> bool:
         return False
 
 
-def run_service(args, graph: bytes, shape, classes: int, layers: dict[str, int]) -> tuple[list[str], list[dict], str | None]:
+def run_service(args, graph: bytes, shape, classes: int, layers: dict[str, int],
+                arch: str | None = None) -> tuple[list[str], list[dict], str | None]:
     """Notes, one result per concurrency level, and the provider the service reported."""
     from bench import httpload
 
@@ -405,7 +435,8 @@ def run_service(args, graph: bytes, shape, classes: int, layers: dict[str, int])
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
         folder = Path(tmp)
         repository = folder / "models"
-        name = write_bundle(repository, graph, args.arch, shape, classes, layers)
+        name = write_bundle(repository, graph, re.sub(r"[^a-z0-9-]+", "-", (arch or args.arch).lower())[:40].strip("-"),
+                            shape, classes, layers)
         image, content_type = request_image(shape, folder)
         body = image.read_bytes()
         port = free_port()
@@ -472,11 +503,11 @@ def ratio_lines(results, variants: tuple[str, ...], batches: list[int]) -> list[
             parts = []
             for v in variants:
                 a, b = results.get((GRAPHS[0], batch), {}).get(v), results.get((base, batch), {}).get(v)
-                if isinstance(a, Point) and isinstance(b, Point):
-                    parts.append(f"{v} {a.images_per_s / b.images_per_s:.2f}")
+                if isinstance(a, Point) and isinstance(b, Point):  # time per image: RBN's over BN's
+                    parts.append(f"{v} {b.images_per_s / a.images_per_s:.2f}")
             if parts:
-                target = " (target ≥ 0.90 at batch 128)" if batch == 128 else ""
-                lines.append(f"- RBN / {base}, batch {batch}: " + ", ".join(parts) + target)
+                target = " (target ≤ 1.10 at batch 128)" if batch == 128 else ""
+                lines.append(f"- Latency RBN / {base}, batch {batch}: " + ", ".join(parts) + target)
     return lines
 
 
@@ -509,9 +540,10 @@ def torch_first():
 
 
 # --- the shell script's helpers -----------------------------------------------------------------
-def preflight(device: int) -> int:
-    """A tiny graph on the CUDA provider: 0 when session.get_providers() has it and the answer is right."""
-    torch_first()
+def preflight(device: int, kind: str = "cuda") -> int:
+    """A tiny graph on the CUDA provider (or the CPU one, for the dry run): 0 when session.get_providers() has it
+    and the answer is right."""
+    try_torch()
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -524,18 +556,172 @@ def preflight(device: int) -> int:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = min(model.ir_version, 10)
     try:
-        session = ort.InferenceSession(model.SerializeToString(), providers=providers_for("cuda", device))
+        session = ort.InferenceSession(model.SerializeToString(), providers=providers_for(kind, device))
         x = np.array([[-1, 0, 1], [2, -3, 4]], dtype=np.float32)
         (y,) = session.run(None, {"x": x})
         providers = session.get_providers()
-        assert CUDA in providers, f"session.get_providers() is {providers}"
+        wanted = CUDA if kind == "cuda" else CPU
+        assert providers[0] == wanted, f"session.get_providers() is {providers}"
         assert np.array_equal(y, np.maximum(x, 0)), "wrong answer"
     except Exception as exc:
-        print(f"CUDA provider NOT active: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
+        print(f"{kind.upper()} provider NOT active: "
+              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
         return 1
-    print(f"CUDA provider active: session.get_providers() = {providers} (onnx {onnx.__version__})")
+    print(f"{kind.upper()} provider active: session.get_providers() = {providers} (onnx {onnx.__version__})")
     return 0
 
+
+
+# --- graphs on disk: exported by one interpreter (torch), measured by another (onnxruntime-gpu) ----------
+def save_graphs(folder: Path, arch: str) -> None:
+    """The three graphs, meta.json and torch's reference outputs for the RBN graph (reference.npz)."""
+    import torch
+
+    graphs, modules, shape, layers = export_graphs(arch)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in graphs.items():
+        (folder / GRAPH_FILES[name]).write_bytes(data)
+    x = np.random.default_rng(1).standard_normal((2, *shape), dtype=np.float32)
+    with torch.inference_mode():
+        logits, stats = [t.numpy() for t in modules[GRAPHS[0]].cpu()(torch.from_numpy(x))][:2]
+    np.savez(folder / "reference.npz", x=x, logits=logits, rbn_stats=stats)
+    meta = {"arch": arch, "shape": list(shape), "classes": SHAPES[arch][1], "layers": layers,
+            "graphs": {name: GRAPH_FILES[name] for name in graphs}, "torch": torch.__version__}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+    progress(f"wrote {arch}'s graphs to {folder}")
+
+
+def load_graphs(folder: Path) -> tuple[str, dict[str, bytes], tuple[int, int, int], int, dict[str, int], dict | None]:
+    """(arch, graphs, input shape, classes, {stats layer: channels}, torch reference or None) from save_graphs."""
+    meta = json.loads((folder / "meta.json").read_text())
+    graphs = {name: (folder / file).read_bytes() for name, file in meta["graphs"].items()}
+    reference = dict(np.load(folder / "reference.npz")) if (folder / "reference.npz").is_file() else None
+    return meta["arch"], graphs, tuple(meta["shape"]), meta["classes"], meta["layers"], reference
+
+
+def load_shipped(name: str, repository: Path = ROOT / "models") -> tuple[str, dict[str, bytes], tuple[int, int, int], int,
+                                                                        dict[str, int], None]:
+    """A shipped RBN bundle and its baseline (no torch needed): the RBN graph and the BN graph the service serves."""
+    def bundle(n: str) -> tuple[dict, bytes]:
+        meta = json.loads((repository / n / "model.json").read_text())
+        return meta, (repository / n / str(meta.get("version", 1)) / "model.onnx").read_bytes()
+
+    rbn_meta, rbn_graph = bundle(name)
+    _, bn_graph = bundle(rbn_meta["baseline"])
+    spec = rbn_meta["input"]
+    shape = (spec["channels"], spec["height"], spec["width"])
+    layers = dict(zip(rbn_meta.get("stats_layers", []), rbn_meta.get("stats_channels", []), strict=False))
+    return f"shipped {name} (baseline {rbn_meta['baseline']})", {GRAPHS[0]: rbn_graph, GRAPHS[1]: bn_graph}, shape, \
+        len(rbn_meta["labels"]), layers, None
+
+
+def against_reference(graph: bytes, reference: dict | None, kind: str, device: int, threads: int,
+                      shape: tuple[int, int, int]) -> str:
+    """Max relative difference of the RBN graph's logits and rbn_stats: against torch's saved outputs where
+    there are some, else against ONNX Runtime's CPU provider."""
+    import onnxruntime as ort
+
+    if reference is not None:
+        x, want, what = reference["x"], [reference["logits"], reference["rbn_stats"]], "torch on the CPU (fp32)"
+    else:
+        x = np.random.default_rng(1).standard_normal((2, *shape), dtype=np.float32)
+        cpu = ort.InferenceSession(graph, session_options(threads), providers=[CPU])
+        want, what = cpu.run(["logits", "rbn_stats"], {"input": x}), "ONNX Runtime's CPU provider"
+    session = ort.InferenceSession(graph, session_options(threads), providers=providers_for(kind, device))
+    got = session.run(["logits", "rbn_stats"], {"input": x})
+    parts = [f"{n} {float(np.abs(g - w).max()) / (float(np.abs(w).max()) or 1.0):.1e}"
+             for n, g, w in zip(("logits", "rbn_stats"), got, want, strict=True)]
+    return f"relative max difference vs {what}: " + ", ".join(parts)
+
+
+def save_timing(folder: Path | None, results: dict) -> None:
+    """img/s per (graph, batch, variant), for the service step's ratio to in-process."""
+    if folder is None or not results:
+        return
+    rows = [{"graph": g, "batch": b, "variant": v, "images_per_s": p.images_per_s, "p50_ms": p.p50_ms}
+            for (g, b), row in results.items() for v, p in row.items() if isinstance(p, Point)]
+    (folder / "timing.json").write_text(json.dumps(rows, indent=1))
+
+
+def load_timing(folder: Path | None) -> dict:
+    if folder is None or not (folder / "timing.json").is_file():
+        return {}
+    results: dict = {}
+    for r in json.loads((folder / "timing.json").read_text()):
+        results.setdefault((r["graph"], r["batch"]), {})[r["variant"]] = Point(
+            batch=r["batch"], images_per_s=r["images_per_s"], p50_ms=r["p50_ms"], **point_extra())
+    return results
+
+
+def point_extra() -> dict:
+    """Point's fields besides batch, images_per_s and p50_ms, with neutral values (older/newer Point shapes)."""
+    import dataclasses
+
+    return {f.name: 0.0 for f in dataclasses.fields(Point) if f.name not in ("batch", "images_per_s", "p50_ms")}
+
+
+# --- device memory per model --------------------------------------------------------------------
+def device_memory_used(device: int) -> int | None:
+    """Bytes in use on the GPU (NVML), or None where NVML is missing."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(device)).used)
+    except Exception:  # no nvidia-ml-py, no driver
+        return None
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def memory_one(path: str, kind: str, device: int, threads: int, batch: int) -> dict:
+    """In this process: memory before, after loading ``path`` and after one run at ``batch`` (GPU via NVML on
+    CUDA; the process's resident memory on the CPU, where that stands in for it)."""
+    import onnxruntime as ort
+
+    if kind == "cuda" and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()  # CUDA and cuDNN from pip's nvidia-* wheels (torch's), without importing torch
+    measure = (lambda: device_memory_used(device)) if kind == "cuda" else rss_bytes
+    before = measure()
+    session = ort.InferenceSession(path, session_options(threads), providers=providers_for(kind, device))
+    loaded = measure()
+    shape = [d if isinstance(d, int) else batch for d in session.get_inputs()[0].shape]
+    session.run(None, {"input": np.random.default_rng(0).standard_normal(shape, dtype=np.float32)})
+    ran = measure()
+    return {"what": "GPU (NVML)" if kind == "cuda" else "process RSS (CPU stand-in)", "before": before,
+            "loaded": loaded, "ran": ran, "batch": batch, "providers": session.get_providers()}
+
+
+def memory_lines(folders: list[Path], kind: str, device: int, threads: int, batch: int, timeout: float) -> list[str]:
+    lines = [f"### Memory per model ({'GPU, NVML' if kind == 'cuda' else 'CPU stand-in: process RSS'}), "
+             f"one process per graph, after one run at batch {batch}", "",
+             "| model | graph | loaded MiB | after a run MiB | providers |", "|---|---|---|---|---|"]
+    for folder in folders:
+        meta = json.loads((folder / "meta.json").read_text())
+        for name, file in meta["graphs"].items():
+            if name == GRAPHS[2]:
+                continue  # the served graphs only (RBN and its baseline), one process each
+            try:
+                done = subprocess.run([sys.executable, __file__, "--memory-one", str(folder / file), "--providers", kind,
+                                       "--device", str(device), "--intra-op-threads", str(threads),
+                                       "--batches", str(batch)], capture_output=True, text=True, timeout=timeout,
+                                      check=True)
+                r = json.loads(done.stdout.strip().splitlines()[-1])
+                if r["before"] is None:
+                    lines.append(f"| {meta['arch']} | {name} | n/a: NVML not available | | {r['providers']} |")
+                    continue
+                mib = [(r[k] - r["before"]) / 2**20 for k in ("loaded", "ran")]
+                lines.append(f"| {meta['arch']} | {name} | {mib[0]:.0f} | {mib[1]:.0f} | {', '.join(r['providers'])} |")
+            except Exception as exc:  # timeout, a crash, out of memory
+                lines.append(f"| {meta['arch']} | {name} | {failure(exc)} | | |")
+            progress(lines[-1])
+    return lines
 
 # --- main --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
@@ -549,6 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--intra-op-threads", type=int, default=0, help="0 = the service default")
     p.add_argument("--torch", action="store_true", help="also time torch on CUDA when ORT's CUDA provider works")
     p.add_argument("--no-service", action="store_true", help="skip the service measurement")
+    p.add_argument("--service-only", action="store_true", help="only the service (needs --graphs)")
     p.add_argument("--service-concurrency", type=parse_ints, default=[64, 256])
     p.add_argument("--service-duration", type=float, default=10.0)
     p.add_argument("--service-warmup", type=float, default=3.0)
@@ -557,10 +744,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--service-ready-timeout", type=float, default=240.0)
     p.add_argument("--client-processes", type=int, default=4)
     p.add_argument("--out", help="also write the Markdown section to this file")
+    p.add_argument("--export-only", type=Path, metavar="DIR", help="export --arch's graphs to DIR (torch) and stop")
+    p.add_argument("--graphs", type=Path, action="append", metavar="DIR",
+                   help="measure the graphs --export-only wrote to DIR instead of exporting (no torch needed)")
+    p.add_argument("--shipped", metavar="NAME", help="measure a shipped RBN bundle and its baseline (no torch needed)")
+    p.add_argument("--memory", action="store_true", help="only the memory per model of the --graphs folders")
+    p.add_argument("--memory-one", metavar="ONNX", help=argparse.SUPPRESS)
+    p.add_argument("--simulation", action="store_true",
+                   help="label the section a CPU simulation of the GPU check (bench/gpu_check.sh's dry run)")
     p.add_argument("--preflight", action="store_true", help="only check the CUDA provider on a tiny graph (exit 0/1)")
     p.add_argument("--cuda-lib-path", action="store_true",
                    help="only print the folders of pip's CUDA/cuDNN libraries, ':'-separated (for LD_LIBRARY_PATH)")
     return p
+
+
+def try_torch():
+    """torch, imported before onnxruntime where it exists (it loads the CUDA and cuDNN libraries that
+    onnxruntime-gpu needs), else None: the measurements from saved graphs need no torch."""
+    try:
+        return torch_first()
+    except ImportError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -569,24 +773,48 @@ def main(argv: list[str] | None = None) -> int:
         print(os.pathsep.join(cuda_library_dirs()))
         return 0
     if args.preflight:
-        return preflight(args.device)
+        return preflight(args.device, args.providers)
+    threads = args.intra_op_threads or service_threads()
+    if args.memory_one:
+        print(json.dumps(memory_one(args.memory_one, args.providers, args.device, threads, args.batches[-1])))
+        return 0
     exit_on_sigterm()
+    if args.export_only:
+        note = bundle_module_note()
+        if note:
+            progress(note)
+        save_graphs(args.export_only, args.arch)
+        return 0
     started = time.perf_counter()
-    torch = torch_first()
+    if args.memory:
+        lines = memory_lines(args.graphs or [], args.providers, args.device, threads, args.batches[-1],
+                             timeout=max(30.0, args.service_ready_timeout / 4))
+        emit(lines + ["", f"Total time: {time.perf_counter() - started:.0f} s."], args.out)
+        return 0
+    torch = try_torch()
     import onnxruntime as ort
 
     notes: list[str] = []
     shim_note = bundle_module_note()
     if shim_note:
         notes.append(shim_note)
-    threads = args.intra_op_threads or service_threads()
-    shape, classes = SHAPES[args.arch]
     facts = [f"onnxruntime {ort.__version__} from `{Path(ort.__file__).parent}`; available providers "
              f"{ort.get_available_providers()}"]
     if args.providers == "cuda":
         facts += gpu_facts()
-
-    graphs, modules, shape, layers = export_graphs(args.arch)
+    graph_dir = args.graphs[0] if args.graphs else None
+    reference = None
+    modules: dict = {}
+    if graph_dir is not None:
+        arch, graphs, shape, classes, layers, reference = load_graphs(graph_dir)
+    elif args.shipped:
+        arch, graphs, shape, classes, layers, reference = load_shipped(args.shipped)
+    else:
+        if torch is None:
+            raise SystemExit("torch is needed to export the graphs: pass --graphs DIR or --shipped NAME")
+        arch = args.arch
+        graphs, modules, shape, layers = export_graphs(arch)
+        classes = SHAPES[arch][1]
     x1 = np.random.default_rng(0).standard_normal((1, *shape), dtype=np.float32)
 
     # Is ORT really running on the requested provider?
@@ -600,63 +828,75 @@ def main(argv: list[str] | None = None) -> int:
         wanted = CUDA if args.providers == "cuda" else CPU
         if wanted not in active:
             raise RuntimeError(f"the session runs on {active}, not {wanted}")
-        census = provider_census(graphs[GRAPHS[0]], args.providers, args.device, threads, x1)
-        if census.get(wanted, 0) == 0:
-            raise RuntimeError(f"ORT's profiler shows no node on {wanted}: {census}")
-        total = sum(census.values())
-        facts.append(f"Session providers {active}; ORT's profiler: {census.get(wanted, 0)} of {total} nodes of the RBN "
-                     f"graph ran on {wanted}" + (f" ({census})" if len(census) > 1 else ""))
+        if not args.service_only:
+            census = provider_census(graphs[GRAPHS[0]], args.providers, args.device, threads, x1)
+            if census.get(wanted, 0) == 0:
+                raise RuntimeError(f"ORT's profiler shows no node on {wanted}: {census}")
+            total = sum(census.values())
+            facts.append(f"Session providers {active}; ORT's profiler: {census.get(wanted, 0)} of {total} nodes of the "
+                         f"RBN graph ran on {wanted}" + (f" ({census})" if len(census) > 1 else ""))
     except Exception as exc:
         ort_failure = failure(exc).removeprefix("failed: ")
         progress(f"ONNX Runtime on {args.providers} failed: {ort_failure}")
-    if ort_failure is None:
+    if ort_failure is None and not args.service_only:
         try:
-            facts.append(reference_check(graphs[GRAPHS[0]], modules[GRAPHS[0]], args.providers, args.device, threads,
-                                         shape))
+            if modules:
+                facts.append(reference_check(graphs[GRAPHS[0]], modules[GRAPHS[0]], args.providers, args.device, threads,
+                                             shape))
+            else:
+                facts.append(against_reference(graphs[GRAPHS[0]], reference, args.providers, args.device, threads,
+                                               shape))
         except Exception as exc:
-            facts.append(f"comparison with torch {failure(exc)}")
+            facts.append(f"comparison with the reference {failure(exc)}")
 
     ort_results: dict = {}
     torch_results: dict = {}
-    if ort_failure is None:
+    if ort_failure is None and not args.service_only:
         try:
             ort_results = time_ort(graphs, args.providers, args.device, threads, args.batches, shape, args.seconds,
                                    args.iters)
+            save_timing(graph_dir, ort_results)
         except Exception as exc:
             ort_failure = f"timing failed: {failure(exc).removeprefix('failed: ')}"
             progress(f"ONNX Runtime on {args.providers}: {ort_failure}")
-    if args.providers == "cuda" and (ort_failure is not None or args.torch):
-        if torch.cuda.is_available():
+    elif args.service_only:
+        ort_results = load_timing(graph_dir)
+    if args.providers == "cuda" and not args.service_only and (ort_failure is not None or args.torch):
+        if torch is not None and torch.cuda.is_available() and modules:
             torch_results = time_torch(modules, args.batches, shape, args.seconds, args.iters)
         else:
-            notes.append("torch sees no CUDA device either: nothing on the GPU was measured.")
+            notes.append("torch on CUDA not timed (torch or its modules are not here, or it sees no CUDA device).")
 
     service_notes: list[str] = []
     service_results: list[dict] = []
     service_provider = None
     if args.no_service:
-        service_notes.append("Service: not measured (--no-service).")
+        service_notes.append("Service: not measured in this step (--no-service).")
     elif ort_failure is not None:
         service_notes.append("Service: **not measured**: ONNX Runtime cannot run this graph on "
                              f"{args.providers} here, and the service runs through ONNX Runtime.")
     else:
-        service_notes, service_results, service_provider = run_service(args, graphs[GRAPHS[0]], shape, classes, layers)
+        service_notes, service_results, service_provider = run_service(args, graphs[GRAPHS[0]], shape, classes, layers,
+                                                                       arch)
 
     # --- the Markdown section ---
-    where = "GPU" if args.providers == "cuda" else "CPU (harness check, not a GPU figure)"
-    title = f"{where}: RBN vs BN {args.arch} in ONNX Runtime ({args.providers}) and the service"
-    lines = header(title, packages=("torch", "numpy", "onnx"), extra=facts + [
-        (f"Networks: {args.arch}, random weights (bench/rbn_vs_bn_latency.randomize), input {shape}, "
-         f"{classes} classes; sessions as service.core.runtime.ModelRuntime builds them (ORT_ENABLE_ALL, sequential, "
-         f"intra-op threads {threads}, no spinning); at least {args.seconds:g} s and {args.iters} calls per cell; "
-         "img/s and median ms per batch"),
+    if args.simulation:
+        where = "SIMULATION on the CPU (the GPU check's dry run; not a GPU figure)"
+    else:
+        where = "GPU" if args.providers == "cuda" else "CPU (harness check, not a GPU figure)"
+    what = "the service" if args.service_only else f"RBN vs BN {arch} in ONNX Runtime ({args.providers})"
+    title = f"{where}: {what}" + ("" if args.no_service or args.service_only else " and the service")
+    lines = header(title, packages=("onnxruntime", "onnxruntime-gpu", "numpy", "onnx"), extra=facts + [
+        (f"Networks: {arch}, input {shape}, {classes} classes; sessions as service.core.runtime.ModelRuntime builds "
+         f"them (ORT_ENABLE_ALL, sequential, intra-op threads {threads}, no spinning); at least {args.seconds:g} s and "
+         f"{args.iters} calls per cell; img/s and median ms per batch"),
     ])
     if ort_failure is not None:
         lines += [f"**ONNX Runtime's {'CUDA' if args.providers == 'cuda' else 'CPU'} provider was NOT measured**: "
                   f"{ort_failure}.", ""]
     if notes:
         lines += [f"- {n}" for n in notes] + [""]
-    if ort_results:
+    if ort_results and not args.service_only:
         lines += ["### ONNX Runtime", "", "`session.run (numpy)` copies the input to the device and the outputs back "
                   "each call, as the service does; `IOBinding` keeps both on the device; `+ CUDA graph` replays a "
                   "captured graph (fixed shape, one session per batch size).", ""]
@@ -666,7 +906,8 @@ def main(argv: list[str] | None = None) -> int:
         torch_variants = ("torch eager", "torch CUDA graph")
         lines += results_table(torch_results, torch_variants) + [""] + ratio_lines(torch_results, torch_variants,
                                                                                     args.batches) + [""]
-    lines += ["### The service on this machine", ""] + service_notes + [""]
+    if not args.no_service:
+        lines += ["### The service on this machine", ""] + service_notes + [""]
     if service_results:
         lines += service_table(service_results, ort_results, args.service_max_batch, args.providers == "cuda") + [""]
     lines.append(f"Total time: {time.perf_counter() - started:.0f} s.")

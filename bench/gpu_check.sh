@@ -1,186 +1,283 @@
 #!/usr/bin/env bash
-# One unattended GPU check for a machine with an NVIDIA GPU and no internet (Python 3.12, torch
-# with CUDA, onnxruntime (CPU) and onnx preinstalled).
+# The GPU check that fits one device lease (issue #27): the lent machine has Python 3.12, torch 2.11+cu130
+# (CUDA 13, cuDNN 9), onnx and the CPU onnxruntime, no network, no Docker, no wrk; a call carries at most
+# 64 MiB and the lease is 15 minutes of device time in all.
 #
-# Before, on a machine with internet: fetch the wheels the GPU service needs, listed by the same resolver
-# and inputs as the GPU image (docker/image_requirements.py + docker/constraints.txt, pip's resolver, so
-# transitive dependencies such as starlette, pydantic-core, annotated-types come along):
-#   bash bench/gpu_check.sh --fetch DIR      # then carry DIR over as $PARTS_DIR (split big wheels if needed)
+# Here, first:   python bench/gpu_stage.py     # stages .gpu-stage/call-1..N and prints the call sequence
+# On the device, one call per staged folder, back to back, each carrying only its own folder:
+#   bash bench/gpu_check.sh --stage          # calls 1..N-1: take in the carried part(s), check sha256
+#   bash bench/gpu_check.sh                  # call N: take in the last part, then the whole check below
 #
-# On the GPU machine it:
-#   1. joins the onnxruntime-gpu wheel from the parts brought along (if split), then installs the GPU
-#      image's requirement list offline with pip's resolver (`--no-index --find-links $PARTS_DIR
-#      --target $SITE -r <list> -c docker/constraints.txt`): a missing wheel is named by pip. If that
-#      fails, onnxruntime-gpu alone is installed (`--no-deps`) and the service part is skipped;
-#   2. puts $SITE first on PYTHONPATH (so `import onnxruntime` is the GPU build) and pip's CUDA and
-#      cuDNN libraries on LD_LIBRARY_PATH (gpu_bench.py also imports torch before onnxruntime, which
-#      loads them; the service never imports torch);
-#   3. checks the CUDA provider on a tiny graph (bench/gpu_bench.py --preflight);
-#   4. runs bench/gpu_bench.py --providers cuda: RBN-ResNet-50 vs BN-ResNet-50 (random weights,
-#      224x224, folded export; BN also the ordinary way) at batch 1, 32, 128 with and without
-#      IOBinding and CUDA graphs, then the service on that machine under high concurrency. If ORT's
-#      CUDA provider does not work it times the networks with torch on CUDA and says so plainly.
-# Everything is printed; the Markdown section is also written to $OUT/gpu_check.md.
+# The check (the variant `gpu-host`: onnxruntime-gpu alone, CUDA and cuDNN from the machine's torch), in
+# steps, smallest first, each under its own time budget inside GPU_CHECK_BUDGET_S, so that a step that
+# fails or runs out of time costs only itself; the report says what is missing:
+#   stage      take in the carried part(s)
+#   join       join the parts, check sha256, decompress (zstd, or the carried zstandard wheel; xz: lzma)
+#   install    pip install --no-deps --no-index --target $SITE the wheel and the small wheels; import check
+#   provider   ONNX Runtime's CUDA provider on a tiny graph (bench/gpu_bench.py --preflight)
+#   shipped    RBN/BN latency with ORT CUDA for the shipped pair (models/fmnist-resnet20-rbn and its baseline)
+#   export-A, time-A   for each A in GPU_CHECK_ARCHS: the graphs exported by torch (EXPORT_PYTHON; started
+#              in the background by the first --stage call, so usually ready), then RBN vs BN at
+#              GPU_CHECK_BATCHES with session.run, IOBinding and CUDA graphs
+#   service    the service (python -m service.cli serve --providers cuda) on the first arch's RBN graph under
+#              GPU_CHECK_CONCURRENCY, with bench/httpload.py (asyncio + httpx, in-process, no wrk)
+#   memory     GPU memory per model (NVML), one process per graph
+# Everything is teed to $OUT as it runs: gpu_check.log (all output), gpu_check.md (each step's Markdown),
+# summary.md and steps.tsv (every step: status, seconds, budget), rewritten after each step.
 #
-#   bash bench/gpu_check.sh [more bench/gpu_bench.py flags, e.g. --batches 1,32,128 --seconds 2]
-#   bash bench/gpu_check.sh --install-only      # steps 1-2 only: exit 0 when the whole list installed
-#   bash bench/gpu_check.sh --print-requirements   # the requirement list steps 1 and --fetch use
+#   bash bench/gpu_check.sh --print-requirements    # the gpu-host requirement list (docker/image_requirements.py)
 #
 # Environment (all optional):
-#   PARTS_DIR      folder with ort.part.* (the wheel split, e.g. `split -b 40M onnxruntime_gpu-*.whl
-#                  ort.part.`), optional ort.name (the wheel's real file name, as `pip download` saved
-#                  it), optional ort.sha256 (its sha256), and other *.whl to install   [/tmp/parts]
-#   ORT_WHEEL      file name for the joined wheel (wins over ort.name)
-#   SITE           pip --target folder                                                   [/tmp/site]
-#   PYTHON         interpreter                                                           [python3]
-#   BENCH_TIMEOUT  seconds for gpu_bench.py before it is stopped                         [450]
-#   OUT            folder for gpu_check.md                                               [/tmp]
-#   GPU_CHECK_VARIANT  image_requirements.py variant: gpu (as the image: CUDA and cuDNN as wheels) or
-#                  gpu-host (the machine's own CUDA libraries, e.g. torch's)                [gpu]
-#   FETCH_PYTHON_VERSION, FETCH_PLATFORMS  --fetch: the GPU machine's Python and wheel platforms
-#                  [3.12; manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64]
-# Exit status: gpu_bench.py's (0 all measured; 1 the service part not measured or failed; 2 ORT's
-# CUDA provider not measured), or 3 when the wheel could not be installed (torch timings still run).
+#   STAGE_SRC        the carried staging folder                                     [<repo>/.gpu-stage]
+#   STAGE_DIR        where parts accumulate on the warm machine                      [/tmp/gpu-stage]
+#   SITE             pip --target folder                                             [/tmp/gpu-site]
+#   PYTHON           the interpreter that measures                                  [python3]
+#   EXPORT_PYTHON    the interpreter with torch that exports the graphs            [$PYTHON]
+#   OUT              results folder                                                 [/tmp/gpu-check-out]
+#   GPU_CHECK_PROVIDER     cuda, or cpu for the dry run                             [cuda]
+#   GPU_CHECK_SIMULATION   1: every section says it is a CPU simulation             [0]
+#   GPU_CHECK_BUDGET_S     seconds for the whole check (the last call)              [300]
+#   GPU_CHECK_ARCHS        [resnet50 efficientnet-lite0]   GPU_CHECK_BATCHES [1,32,128]
+#   GPU_CHECK_SECONDS      seconds per timed cell [0.5]      GPU_CHECK_CONCURRENCY [64,256]
+#   GPU_CHECK_SERVICE_S    seconds per concurrency row [8]   GPU_CHECK_SHIPPED [fmnist-resnet20-rbn]
+#   GPU_CHECK_EXPORT_AHEAD 0: no background export in the --stage calls        [1]
+#   GPU_CHECK_CLIENTS      load-generator processes [4]      GPU_CHECK_STEP_SCALE  every step budget x this [1]
+# Exit status: 0 every step ok; 1 some step failed, timed out or was skipped (summary.md says which);
+# 2 the staging is incomplete (a --stage call, or the last call before all parts arrived).
 set -uo pipefail
 export LC_ALL=C
-cd "$(dirname "$0")/.." || exit 3
+cd "$(dirname "$0")/.." || exit 2
 ROOT=$(pwd)
-PARTS_DIR=${PARTS_DIR:-/tmp/parts}
-SITE=${SITE:-/tmp/site}
+STAGE_SRC=${STAGE_SRC:-$ROOT/.gpu-stage}
+STAGE_DIR=${STAGE_DIR:-/tmp/gpu-stage}
+SITE=${SITE:-/tmp/gpu-site}
 PYTHON=${PYTHON:-python3}
-BENCH_TIMEOUT=${BENCH_TIMEOUT:-450}
-RESULT_DIR=${OUT:-/tmp}
-DEFAULT_WHEEL=onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl
-VARIANT=${GPU_CHECK_VARIANT:-gpu}
-FETCH_PYTHON_VERSION=${FETCH_PYTHON_VERSION:-3.12}
-FETCH_PLATFORMS=${FETCH_PLATFORMS:-manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64}
+EXPORT_PYTHON=${EXPORT_PYTHON:-$PYTHON}
+RESULT_DIR=${OUT:-/tmp/gpu-check-out}
+PROVIDER=${GPU_CHECK_PROVIDER:-cuda}
+SIMULATION=${GPU_CHECK_SIMULATION:-0}
+BUDGET_S=${GPU_CHECK_BUDGET_S:-300}
+ARCHS=${GPU_CHECK_ARCHS:-resnet50 efficientnet-lite0}
+BATCHES=${GPU_CHECK_BATCHES:-1,32,128}
+SECONDS_PER_CELL=${GPU_CHECK_SECONDS:-0.5}
+CONCURRENCY=${GPU_CHECK_CONCURRENCY:-64,256}
+SERVICE_S=${GPU_CHECK_SERVICE_S:-8}
+SHIPPED=${GPU_CHECK_SHIPPED:-fmnist-resnet20-rbn}
+CLIENTS=${GPU_CHECK_CLIENTS:-4}
+SCALE=${GPU_CHECK_STEP_SCALE:-1}
+export PYTHONUNBUFFERED=1
 
 say() { printf '[gpu_check %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-# The GPU image's requirement list (the service's dependencies, onnxruntime swapped for the gpu extra).
-requirements() { "$PYTHON" docker/image_requirements.py "$VARIANT" pyproject.toml; }
-
-mode=run
 case "${1:-}" in
   --print-requirements)
-    requirements
+    "$PYTHON" docker/image_requirements.py gpu-host pyproject.toml
     exit $?
     ;;
-  --fetch)
-    dest=${2:?usage: bash bench/gpu_check.sh --fetch DIR}
-    mkdir -p "$dest" && requirements > "$dest/requirements.txt" || exit 3
-    platforms=()
-    for p in $FETCH_PLATFORMS; do platforms+=(--platform "$p"); done
-    say "downloading the $VARIANT list for CPython $FETCH_PYTHON_VERSION ($FETCH_PLATFORMS) into $dest"
-    "$PYTHON" -m pip download --quiet --only-binary=:all: --implementation cp --python-version "$FETCH_PYTHON_VERSION" \
-      "${platforms[@]}" -r "$dest/requirements.txt" -c docker/constraints.txt -d "$dest" || exit 3
-    say "$(find "$dest" -maxdepth 1 -name '*.whl' | wc -l) wheels in $dest"
+  --stage)
+    "$PYTHON" bench/gpu_stage.py --receive "$STAGE_SRC" "$STAGE_DIR" || exit 2
+    # The exports need torch only, not the wheel still on its way: start them now, in their own session (a
+    # call's processes end with it, a setsid one runs on while the machine stays warm), so that they run
+    # during the staging calls, which the lease pays for anyway. The last call takes what they finished.
+    ahead=$STAGE_DIR/graphs-ahead
+    if [ "${GPU_CHECK_EXPORT_AHEAD:-1}" = 1 ] && mkdir -p "$STAGE_DIR" && mkdir "$ahead" 2>/dev/null; then
+      setsid nohup bash -c '
+        for arch in $0; do
+          env PYTHONPATH="$2" timeout 240 "$1" bench/gpu_bench.py --export-only "$3/$arch.tmp" --arch "$arch" \
+            && mv "$3/$arch.tmp" "$3/$arch"
+        done
+        touch "$3/done"' "$ARCHS" "$EXPORT_PYTHON" "$ROOT" "$ahead" > "$STAGE_DIR/graphs-ahead.log" 2>&1 < /dev/null &
+      echo $! > "$ahead/pid"
+      echo "[stage] exporting $ARCHS ahead in the background (pid $(cat "$ahead/pid"), log $STAGE_DIR/graphs-ahead.log)" >&2
+    fi
     exit 0
     ;;
-  --install-only)
-    mode=install
-    shift
+  "") ;;
+  *)
+    echo "usage: bash bench/gpu_check.sh [--stage | --print-requirements]" >&2
+    exit 2
     ;;
 esac
 
-say "machine: $(uname -srm), $(nproc) CPUs; $("$PYTHON" --version 2>&1)"
+mkdir -p "$RESULT_DIR" || exit 2
+LOG=$RESULT_DIR/gpu_check.log
+REPORT=$RESULT_DIR/gpu_check.md
+STEPS=$RESULT_DIR/steps.tsv
+SUMMARY=$RESULT_DIR/summary.md
+WORK=$(mktemp -d /tmp/gpu_check.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+GRAPHS=$WORK/graphs
+: > "$REPORT"
+printf 'step\tstatus\tseconds\tbudget_s\n' > "$STEPS"
+exec > >(tee -a "$LOG") 2>&1
+START=$(date +%s.%N)
+DEADLINE=$(awk -v s="$START" -v b="$BUDGET_S" 'BEGIN { printf "%.3f", s + b }')
+label=GPU
+[ "$SIMULATION" = 1 ] && label="SIMULATION (CPU provider standing in for CUDA; no GPU figure; step budgets x$SCALE)"
+say "$label check: budget ${BUDGET_S} s; machine $(uname -srm), $(nproc) CPUs; $("$PYTHON" --version 2>&1)"
 if command -v nvidia-smi >/dev/null 2>&1; then
-  timeout 30 nvidia-smi --query-gpu=index,name,driver_version,memory.total,memory.used --format=csv >&2 || say "nvidia-smi failed"
+  timeout 20 nvidia-smi --query-gpu=index,name,driver_version,memory.total,memory.used --format=csv || say "nvidia-smi failed"
 else
   say "nvidia-smi not found"
 fi
 
-# --- 1. the onnxruntime-gpu wheel --------------------------------------------------------------
-WORK=$(mktemp -d /tmp/gpu_check.XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
-wheel_name=${ORT_WHEEL:-}
-if [ -z "$wheel_name" ] && [ -s "$PARTS_DIR/ort.name" ]; then
-  wheel_name=$(head -n1 "$PARTS_DIR/ort.name" | tr -d '[:space:]')
-fi
-wheel_name=$(basename "${wheel_name:-$DEFAULT_WHEEL}")
-mapfile -t parts < <(find "$PARTS_DIR" -maxdepth 1 -type f -name 'ort.part.*' 2>/dev/null | sort -V)
-mapfile -t whole < <(find "$PARTS_DIR" -maxdepth 1 -type f -name 'onnxruntime_gpu-*.whl' 2>/dev/null | sort)
-wheel=""
-if [ "${#parts[@]}" -gt 0 ]; then
-  say "joining ${#parts[@]} parts (${parts[0]##*/} .. ${parts[-1]##*/}) into $wheel_name"
-  wheel="$WORK/$wheel_name"
-  cat "${parts[@]}" > "$wheel" || wheel=""
-elif [ "${#whole[@]}" -gt 0 ]; then
-  wheel=${whole[0]}
-  say "using the whole wheel $wheel"
-else
-  say "no $PARTS_DIR/ort.part.* and no onnxruntime_gpu-*.whl there"
-fi
-if [ -n "$wheel" ] && [ -s "$PARTS_DIR/ort.sha256" ]; then
-  want=$(awk '{print $1; exit}' "$PARTS_DIR/ort.sha256")
-  got=$(sha256sum "$wheel" | awk '{print $1}')
-  if [ "$want" != "$got" ]; then
-    say "sha256 mismatch: $got, ort.sha256 says $want"
-    wheel=""
+summary() {
+  {
+    echo "# bench/gpu_check.sh: $label"
+    echo
+    echo "| step | status | seconds | budget s |"
+    echo "|---|---|---|---|"
+    tail -n +2 "$STEPS" | awk -F'\t' '{ printf "| %s | %s | %s | %s |\n", $1, $2, $3, $4 }'
+    echo
+    missing=$(tail -n +2 "$STEPS" | awk -F'\t' '$2 != "ok" { printf "%s%s", sep, $1; sep=", " }')
+    echo "Missing (a step not ok): ${missing:-none}."
+  } > "$SUMMARY"
+}
+
+# step NAME BUDGET COMMAND...: run with a timeout of min(BUDGET, time left); record status and seconds.
+step() {
+  local name=$1 budget
+  budget=$(awk -v b="$2" -v s="$SCALE" 'BEGIN { printf "%d", b * s }')
+  shift 2
+  local now left limit t0 rc status secs
+  now=$(date +%s.%N)
+  left=$(awk -v d="$DEADLINE" -v n="$now" 'BEGIN { printf "%d", d - n }')
+  if [ "$left" -lt 5 ]; then
+    printf '%s\tskipped: budget spent\t0\t%s\n' "$name" "$budget" >> "$STEPS"
+    say "step $name: skipped, the check's ${BUDGET_S} s are spent"
+    summary
+    return 1
+  fi
+  limit=$budget
+  [ "$left" -lt "$limit" ] && limit=$left
+  say "step $name: starting (budget ${budget} s, limit ${limit} s)"
+  t0=$(date +%s.%N)
+  timeout --kill-after=5 "$limit" bash -c '"$@"' step "$@"
+  rc=$?
+  secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+  case $rc in
+    0) status=ok ;;
+    124|137) status="timed out" ;;
+    *) status="failed (exit $rc)" ;;
+  esac
+  if [ -s "$WORK/step.md" ]; then
+    cat "$WORK/step.md" >> "$REPORT"
+    echo >> "$REPORT"
+  fi
+  rm -f "$WORK/step.md"
+  printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$secs" "$budget" >> "$STEPS"
+  say "step $name: $status in ${secs} s"
+  summary
+  [ "$rc" -eq 0 ]
+}
+
+measure_env() { env PYTHONPATH="$SITE:$ROOT" "$@"; }
+bench() { measure_env "$PYTHON" bench/gpu_bench.py --providers "$PROVIDER" --out "$WORK/step.md" "$@"; }
+sim=()
+[ "$SIMULATION" = 1 ] && sim=(--simulation)
+
+join_wheel() {
+  "$PYTHON" bench/gpu_stage.py --join "$STAGE_DIR" > "$WORK/wheel.path" || return 1
+  [ -s "$WORK/wheel.path" ]
+}
+
+install() {
+  local wheel
+  wheel=$(cat "$WORK/wheel.path")
+  rm -rf "$SITE" && mkdir -p "$SITE" || return 1
+  local wheels=("$STAGE_DIR"/wheels/*.whl)
+  "$PYTHON" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --disable-pip-version-check \
+    --target "$SITE" "$wheel" "${wheels[@]}" || return 1
+  # the import check: every service module imports from $SITE, and onnxruntime is the GPU build
+  measure_env "$PYTHON" - "$SITE" <<'PY'
+import importlib, sys
+from pathlib import Path
+site = Path(sys.argv[1]).resolve()
+for name in ("fastapi", "starlette", "uvicorn", "pydantic", "pydantic_settings", "multipart", "prometheus_client",
+             "PIL", "orjson", "uvloop", "httptools", "httpx", "pynvml", "onnx", "numpy", "service.http.app", "service.cli"):
+    importlib.import_module(name)
+import onnxruntime as ort
+where = Path(ort.__file__).resolve()
+assert site in where.parents, f"onnxruntime comes from {where}, not {site}"
+print(f"import check ok: onnxruntime {ort.__version__} from {where.parent}; providers {ort.get_available_providers()}")
+PY
+}
+
+provider_check() {
+  if [ "$PROVIDER" = cuda ]; then
+    measure_env "$PYTHON" bench/gpu_bench.py --preflight
   else
-    say "sha256 ok ($got)"
+    measure_env "$PYTHON" bench/gpu_bench.py --preflight --providers cpu
   fi
-fi
+}
 
-installed=0
-complete=0
-mkdir -p "$SITE"
-links=(--find-links "$PARTS_DIR")
-[ -n "$wheel" ] && links+=(--find-links "$(dirname "$wheel")")
-if requirements > "$WORK/requirements.txt" \
-   && timeout 600 "$PYTHON" -m pip install --no-index "${links[@]}" --only-binary=:all: --no-compile --no-cache-dir \
-        --upgrade --target "$SITE" -r "$WORK/requirements.txt" -c docker/constraints.txt > "$WORK/pip.log" 2>&1; then
-  installed=1
-  complete=1
-  say "installed the $VARIANT list ($(grep -c . "$WORK/requirements.txt") requirements and their dependencies) into $SITE"
-else
-  grep -E "ERROR|conflict is caused|depends on|No matching distribution|Could not find" "$WORK/pip.log" | tail -n 12 >&2
-  say "the $VARIANT list does not install from $PARTS_DIR (pip names the missing wheel above); fetch it with" \
-      "bash bench/gpu_check.sh --fetch DIR on a machine with internet. The service part will be skipped."
-  if [ -n "$wheel" ] && timeout 300 "$PYTHON" -m pip install -q --no-deps --no-index --no-compile --no-cache-dir \
-       --upgrade --target "$SITE" "$wheel"; then
-    installed=1
-    say "installed $(basename "$wheel") alone into $SITE"
-  elif [ -n "$wheel" ]; then
-    say "pip could not install $wheel"
+export_arch() {
+  # Graphs exported ahead during the staging calls (see --stage): take them, or wait for the export under way.
+  local ahead=$STAGE_DIR/graphs-ahead
+  if [ -d "$ahead" ]; then
+    while [ ! -e "$ahead/$1/meta.json" ] && [ ! -e "$ahead/done" ] && kill -0 "$(cat "$ahead/pid" 2>/dev/null)" 2>/dev/null; do
+      sleep 0.5
+    done
+    if [ -e "$ahead/$1/meta.json" ]; then
+      cp -r "$ahead/$1" "$GRAPHS/$1" && echo "$1: graphs exported ahead, during the staging calls" && return 0
+    fi
+    echo "$1: no graphs from the export ahead ($(tail -n 3 "$STAGE_DIR/graphs-ahead.log" 2>/dev/null | tr '\n' ' ')); exporting now"
   fi
-fi
-if [ "$mode" = install ]; then
-  [ "$complete" -eq 1 ] && exit 0
-  exit 3
-fi
+  # torch's interpreter, without $SITE (its packages are the measuring Python's, which may differ)
+  env PYTHONPATH="$ROOT" "$EXPORT_PYTHON" bench/gpu_bench.py --export-only "$GRAPHS/$1" --arch "$1" --providers "$PROVIDER"
+}
 
-# --- 2. environment ----------------------------------------------------------------------------
-export PYTHONPATH="$SITE:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1
-cuda_libs=$(timeout 120 "$PYTHON" bench/gpu_bench.py --cuda-lib-path 2>/dev/null | tail -n1)
-if [ -n "$cuda_libs" ]; then
-  export LD_LIBRARY_PATH="$cuda_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  say "LD_LIBRARY_PATH += pip's CUDA/cuDNN folders ($(tr ':' '\n' <<<"$cuda_libs" | wc -l))"
+# the steps run under `timeout`, in a child bash: it needs these
+mkdir -p "$GRAPHS"
+export ROOT STAGE_SRC STAGE_DIR SITE PYTHON EXPORT_PYTHON PROVIDER WORK GRAPHS
+export -f measure_env bench join_wheel install provider_check export_arch
+
+# --- the steps -----------------------------------------------------------------------------------
+ok_install=0
+step stage 10 "$PYTHON" bench/gpu_stage.py --receive "$STAGE_SRC" "$STAGE_DIR"
+if ! step join 20 join_wheel; then
+  printf 'install\tnot run: no wheel\t0\t0\n' >> "$STEPS"
+elif step install 30 install; then
+  ok_install=1
+fi
+if [ "$ok_install" -eq 1 ]; then
+  step provider 20 provider_check
+  step shipped 20 bench --shipped "$SHIPPED" --no-service --batches "$BATCHES" --seconds "$SECONDS_PER_CELL" --iters 5 "${sim[@]}"
+  exported=()
+  for arch in $ARCHS; do
+    budget_export=45; budget_time=45
+    [ "$arch" = efficientnet-lite0 ] && { budget_export=30; budget_time=30; }
+    if step "export-$arch" "$budget_export" export_arch "$arch"; then
+      exported+=("$arch")
+      step "time-$arch" "$budget_time" bench --graphs "$GRAPHS/$arch" --no-service --batches "$BATCHES" \
+        --seconds "$SECONDS_PER_CELL" --iters 5 "${sim[@]}"
+    else
+      say "no graphs for $arch (the export failed: see the log); its timing is missing"
+      printf '%s\tnot run: no graphs\t0\t0\n' "time-$arch" >> "$STEPS"
+    fi
+  done
+  if [ "${#exported[@]}" -gt 0 ]; then
+    step service 40 bench --graphs "$GRAPHS/${exported[0]}" --service-only --service-concurrency "$CONCURRENCY" \
+      --service-duration "$SERVICE_S" --service-warmup 2 --client-processes "$CLIENTS" "${sim[@]}"
+    memory_dirs=()
+    for arch in "${exported[@]}"; do memory_dirs+=(--graphs "$GRAPHS/$arch"); done
+    step memory 20 bench "${memory_dirs[@]}" --memory --batches 32
+  else
+    printf 'service\tnot run: no graphs\t0\t0\nmemory\tnot run: no graphs\t0\t0\n' >> "$STEPS"
+  fi
 else
-  say "no pip CUDA/cuDNN library folders found; relying on the system's"
+  for name in provider shipped service memory; do
+    printf '%s\tnot run: the install failed\t0\t0\n' "$name" >> "$STEPS"
+  done
 fi
-
-# --- 3. is the CUDA provider there? --------------------------------------------------------------
-if timeout 180 "$PYTHON" bench/gpu_bench.py --preflight; then
-  say "preflight: ONNX Runtime's CUDA provider is active"
-else
-  say "preflight: ONNX Runtime's CUDA provider is NOT active (gpu_bench.py will time torch instead)"
+summary
+cat "$SUMMARY"
+total=$(awk -v a="$START" -v b="$(date +%s.%N)" 'BEGIN { printf "%.0f", b - a }')
+say "done in ${total} s; results in $RESULT_DIR (gpu_check.md, summary.md, steps.tsv, gpu_check.log)"
+if ! grep -q $'^join\tok' "$STEPS"; then
+  exit 2  # the staging is incomplete or broken (the join step says which)
 fi
-
-# --- 4. the measurements -------------------------------------------------------------------------
-mkdir -p "$RESULT_DIR"
-timeout --kill-after=30 "$BENCH_TIMEOUT" "$PYTHON" bench/gpu_bench.py --providers cuda \
-  --out "$RESULT_DIR/gpu_check.md" "$@"
-rc=$?
-case $rc in
-  0) say "done: everything measured; Markdown in $RESULT_DIR/gpu_check.md" ;;
-  1) say "done: ORT measured, the service part not measured or failed (see above)" ;;
-  2) say "done: ORT's CUDA provider NOT measured (see above)" ;;
-  124|137) say "gpu_bench.py ran past ${BENCH_TIMEOUT}s and was stopped (progress lines above hold what it measured)" ;;
-  *) say "gpu_bench.py failed with exit status $rc" ;;
-esac
-if [ "$installed" -eq 0 ] && [ "$rc" -ne 0 ]; then
-  exit 3
+if tail -n +2 "$STEPS" | awk -F'\t' '$2 != "ok" { bad = 1 } END { exit bad ? 0 : 1 }'; then
+  exit 1
 fi
-exit "$rc"
+exit 0

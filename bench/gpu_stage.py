@@ -21,6 +21,11 @@ The folder ignores itself (its own ``.gitignore``), so only ``carry`` sends it. 
 
     python bench/gpu_stage.py                  # stage for the lease, print the plan (exit 1 if over budget)
     python bench/gpu_stage.py --plan-only      # the plan from what is already staged
+
+On the device (standard library only; bench/gpu_check.sh calls these):
+
+    python bench/gpu_stage.py --receive SRC DEST   # copy the carried call folder(s) SRC/call-* to DEST, check sha256
+    python bench/gpu_stage.py --join DEST          # all parts there? join, check, decompress -> prints the wheel path
 """
 
 from __future__ import annotations
@@ -143,7 +148,8 @@ class Assumptions:
 def split_sizes(stream: int, first_room: int, room: int) -> list[int]:
     """Sizes of the parts: the first call has ``first_room`` left, every later one ``room``."""
     if first_room <= 0 or room <= 0:
-        raise ValueError("no room left in a call: the tree alone is over the limit")
+        raise ValueError("no room left for the parts in a call: the tree (and, in the first, the small wheels) "
+                         "fill it")
     sizes = [min(stream, first_room)]
     left = stream - sizes[0]
     while left > 0:
@@ -366,11 +372,121 @@ def plan_only(args: argparse.Namespace) -> int:
     return 0 if sum(device_seconds(calls, tree, a)) <= manifest["budget_s"] else 1
 
 
+
+# --- on the device (standard library only) ---------------------------------------------------------
+def receive(src: Path, dest: Path) -> int:
+    """Copy every carried call folder's files into ``dest`` (which outlives the call on the warm machine),
+    checking each against the manifest; print what is staged so far. 0 when this call's files are all good."""
+    folders = sorted(src.glob("call-*"), key=lambda p: int(p.name.split("-")[1]))
+    if not folders:
+        print(f"[stage] nothing carried: no {src}/call-* (name the call's folder in `carry`)", file=sys.stderr)
+        return 1
+    dest.mkdir(parents=True, exist_ok=True)
+    bad = 0
+    for folder in folders:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        old = dest / "manifest.json"
+        if old.is_file() and json.loads(old.read_text())["stream"]["sha256"] != manifest["stream"]["sha256"]:
+            print("[stage] a different staging run is on this machine: starting over", file=sys.stderr)
+            shutil.rmtree(dest)
+            dest.mkdir(parents=True)
+        (dest / "manifest.json").write_text(json.dumps(manifest))
+        number = int(folder.name.split("-")[1])
+        for entry in [*manifest["parts"], *manifest["wheels"]]:
+            if entry["call"] != number:
+                continue
+            rel = entry["name"] if entry in manifest["parts"] else f"wheels/{entry['name']}"
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / rel, target)
+            if target.stat().st_size != entry["bytes"] or sha256(target) != entry["sha256"]:
+                print(f"[stage] {rel}: size or sha256 differs from the manifest (a broken transfer: repeat this call)",
+                      file=sys.stderr)
+                target.unlink()
+                bad += 1
+    status(dest, quiet=False)
+    return bad
+
+
+def status(dest: Path, quiet: bool = True) -> int:
+    """How many parts or wheels are still missing in ``dest`` (checked by size; sha256 was checked on arrival)."""
+    manifest = json.loads((dest / "manifest.json").read_text())
+    missing = [e for e in manifest["parts"] if not (dest / e["name"]).is_file()]
+    missing += [e for e in manifest["wheels"] if not (dest / "wheels" / e["name"]).is_file()]
+    calls = sorted({e["call"] for e in missing})
+    if not quiet:
+        have = len(manifest["parts"]) - len([e for e in missing if e in manifest["parts"]])
+        print(f"[stage] {have} of {len(manifest['parts'])} parts and "
+              f"{len(manifest['wheels']) - len([e for e in missing if e in manifest['wheels']])} of "
+              f"{len(manifest['wheels'])} wheels staged in {dest}"
+              + (f"; still to carry: call {', '.join(map(str, calls))}" if calls else "; complete"), file=sys.stderr)
+    return len(missing)
+
+
+def decompressor(dest: Path, codec: str):
+    """A function file-in -> file-out for ``codec``: the zstd command, else the carried zstandard wheel, or lzma."""
+    if codec == "xz":
+        import lzma
+
+        def unxz(src: Path, out: Path) -> None:
+            with lzma.open(src) as f, out.open("wb") as o:
+                shutil.copyfileobj(f, o, 1 << 22)
+        return unxz
+    if shutil.which("zstd"):
+        return lambda src, out: subprocess.run(["zstd", "-d", "-q", "-f", "--long=31", str(src), "-o", str(out)],
+                                               check=True)
+    try:
+        import zstandard
+    except ImportError:
+        import zipfile
+
+        wheels = sorted((dest / "wheels").glob("zstandard-*.whl"))
+        if not wheels:
+            raise SystemExit("no zstd command and no zstandard wheel staged: cannot decompress") from None
+        with zipfile.ZipFile(wheels[0]) as z:
+            z.extractall(dest / "zstandard-site")
+        sys.path.insert(0, str(dest / "zstandard-site"))
+        import zstandard
+
+    def unzstd(src: Path, out: Path) -> None:
+        with src.open("rb") as f, out.open("wb") as o:
+            zstandard.ZstdDecompressor(max_window_size=1 << 31).copy_stream(f, o)
+    return unzstd
+
+
+def join(dest: Path) -> int:
+    """Join the parts, check the stream and the wheel against the manifest; print the wheel's path."""
+    if status(dest, quiet=False):
+        return 1
+    manifest = json.loads((dest / "manifest.json").read_text())
+    stream = dest / manifest["stream"]["name"]
+    t0 = time.perf_counter()
+    with stream.open("wb") as out:
+        for part in manifest["parts"]:
+            with (dest / part["name"]).open("rb") as f:
+                shutil.copyfileobj(f, out, 1 << 22)
+    if sha256(stream) != manifest["stream"]["sha256"]:
+        print("[stage] the joined stream's sha256 differs from the manifest", file=sys.stderr)
+        return 1
+    wheel = dest / manifest["wheel"]["name"]
+    decompressor(dest, manifest["codec"])(stream, wheel)
+    if sha256(wheel) != manifest["wheel"]["sha256"]:
+        print("[stage] the wheel's sha256 differs from the manifest", file=sys.stderr)
+        return 1
+    stream.unlink()
+    print(f"[stage] joined {len(manifest['parts'])} parts and decompressed ({manifest['codec']}) "
+          f"{wheel.name} in {time.perf_counter() - t0:.1f} s; sha256 ok", file=sys.stderr)
+    print(wheel)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=ROOT / ".gpu-stage", help="the staging folder (ignored by git)")
     p.add_argument("--cache", type=Path, help="downloads and the compressed wheel, reused between runs [OUT/cache]")
     p.add_argument("--plan-only", action="store_true", help="print the plan of what --out already holds")
+    p.add_argument("--receive", nargs=2, type=Path, metavar=("SRC", "DEST"), help="(device) take in the carried parts")
+    p.add_argument("--join", type=Path, metavar="DEST", help="(device) join, check and decompress the staged wheel")
     p.add_argument("--python-version", default="3.12", help="the device's Python")
     p.add_argument("--pip-python", default=sys.executable, help="the interpreter whose pip downloads")
     p.add_argument("--gpu-runtime", help="requirement of the big wheel [the gpu extra's onnxruntime-gpu pin]")
@@ -395,6 +511,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.receive:
+        return min(1, receive(*args.receive))
+    if args.join:
+        return join(args.join)
     args.out = args.out.resolve()
     args.cache = (args.cache or args.out / "cache").resolve()
     return plan_only(args) if args.plan_only else stage(args)
