@@ -129,3 +129,17 @@ def test_the_summary_says_it_scrolls_on_a_phone_and_no_gap_sits_above_the_sweep(
     d.execute_script("document.getElementById('summary-section').scrollIntoView()")
     assert d.save_screenshot(str(tmp_path / "summary-390.png"))
     d.set_window_size(1366, 768)
+
+
+def test_redoc_renders_without_leaving_the_origin(browser, page_server):
+    """ReDoc's sidebar logo came from Redocly's CDN; now every request /redoc makes stays on this server."""
+    from web_support import is_local, requested_urls
+
+    d = browser
+    d.get_log("performance")  # forget the earlier tests' requests
+    d.get(page_server.url + "/redoc")
+    until(d, lambda d: d.find_elements(By.CSS_SELECTOR, "img[alt='redocly logo']"), "ReDoc's sidebar")
+    assert d.find_element(By.CSS_SELECTOR, "img[alt='redocly logo']").get_attribute("src") == page_server.url + "/docs-assets/favicon.png"
+    urls = requested_urls(d)
+    assert any(u.endswith("/docs-assets/redoc.standalone.js") for u in urls)
+    assert all(is_local(u, page_server.url) for u in urls), [u for u in urls if not is_local(u, page_server.url)]

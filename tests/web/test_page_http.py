@@ -59,4 +59,8 @@ def test_api_docs_reference_only_local_urls(http, page_server, path):
             assert asset.status_code == 200 and len(asset.content) > 1000, url
     if path == "/docs":
         assert '"validatorUrl": null' in page.text  # no schema sent to Swagger's online validator
+    else:  # ReDoc's bundle would show Redocly's logo from their CDN; it is served with our favicon instead
+        bundle = http.get("/docs-assets/redoc.standalone.js")
+        assert bundle.status_code == 200 and bundle.headers["content-type"].startswith("application/javascript")
+        assert b"cdn.redoc.ly" not in bundle.content and b'src:"/docs-assets/favicon.png"' in bundle.content
     # Swagger UI's bundle may name URLs in its code; none is loaded without the page asking (tests/web/test_browser.py)

@@ -7,12 +7,13 @@ The page and the samples are static files: ``StaticFiles`` mounts, which ``servi
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from rbn.contract.corruptions import CORRUPTION_NAMES
@@ -20,6 +21,7 @@ from rbn.contract.corruptions import CORRUPTION_NAMES
 STATIC = Path(__file__).with_name("static")
 SAMPLES_PACKAGE = "rbn_serve_samples"  # pyproject maps the repository's samples/ to it, as models/ to rbn_serve_models
 DOCS_ASSETS_PACKAGE = "fastapi_offline"  # ships Swagger UI's and ReDoc's built files
+REDOC_CDN_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
 DOCS_LINK = '<a href="/docs">API docs</a> '  # in index.html's header
 # The page may load only from its own origin: a browser-enforced "no request leaves the machine".
 PAGE_POLICY = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
@@ -80,7 +82,20 @@ def _install_docs(app: FastAPI, openapi_url: str) -> None:
     # FastAPI's own pages load Swagger UI and ReDoc from a CDN: replace them at the same URLs.
     docs_url, redoc_url = app.docs_url, app.redoc_url
     app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in (docs_url, redoc_url)]
-    app.mount("/docs-assets", StaticFiles(directory=docs_assets_folder()), name="docs-assets")
+    assets = docs_assets_folder()
+
+    # ReDoc's bundle shows Redocly's logo from their CDN (an <img> in the sidebar): served patched to show
+    # our own favicon instead, so /redoc, like /docs, loads nothing from elsewhere. Before the mount, which
+    # would otherwise answer this path; under the mount's prefix, so it is open like the other assets.
+    @functools.cache
+    def redoc_bundle() -> bytes:
+        return (assets / "redoc.standalone.js").read_bytes().replace(REDOC_CDN_LOGO, b"/docs-assets/favicon.png")
+
+    async def redoc_js() -> Response:
+        return Response(redoc_bundle(), media_type="application/javascript")
+
+    app.add_api_route("/docs-assets/redoc.standalone.js", redoc_js, methods=["GET"], include_in_schema=False)
+    app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
     title = f"{app.title} - API"
     oauth2_redirect = app.swagger_ui_oauth2_redirect_url if docs_url else None
 
