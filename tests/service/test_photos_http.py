@@ -11,54 +11,16 @@ import io
 import httpx
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from skimage import data
 from svc_support import start_server
 
-from rbn.contract.bundle import InputSpec, write_bundle
-
-SPEC = InputSpec.imagenet(size=64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))  # resize_size 73
-LABELS = ["cat", "coffee", "rocket", "astronaut", "other"]
-RBN, BN = "photo-rbn", "photo-bn"
-PIXELS = 3 * 64 * 64
-RNG = np.random.default_rng(24)
-W = (RNG.standard_normal((PIXELS, len(LABELS))) / np.sqrt(PIXELS)).astype(np.float32)
-B = RNG.standard_normal(len(LABELS)).astype(np.float32)
-# by hand: the ImageNet statistics, one per channel
-MEAN = np.array([0.485, 0.456, 0.406]).reshape(3, 1, 1)
-STD = np.array([0.229, 0.224, 0.225]).reshape(3, 1, 1)
-
+from tests.photo_bundles import BN, LABELS, RBN, energy_by_hand, reference_logits, write_photo_bundle, write_photo_pair
 
 CALIBRATED = "photo-calibrated"
 THRESHOLD = -1.9  # energies of the test photos straddle it (by hand below)
 CALIBRATION = {"kind": "graph", "method": "energy", "threshold": THRESHOLD, "calibration_samples": 40,
                "fit_samples": 160, "source": "my-photos", "heldout_samples": 50, "heldout_fpr": 0.06}
-
-
-def write_photo_bundle(repo, name: str, norm: str, baseline: str | None = None, ood: dict | None = None) -> None:
-    """logits = flatten(x) @ W + B; rbn_stats = per-channel means of x (three 'layers'); with ``ood``,
-    an `ood_score` output (the energy, -logsumexp of the logits) and that calibration."""
-    f32 = TensorProto.FLOAT
-    nodes = [helper.make_node("Flatten", ["input"], ["flat"]),
-             helper.make_node("MatMul", ["flat", "w"], ["scores"]),
-             helper.make_node("Add", ["scores", "b"], ["logits"]),
-             helper.make_node("ReduceMean", ["input", "hw"], ["rbn_stats"], keepdims=0)]
-    outputs = [helper.make_tensor_value_info("logits", f32, ["batch", len(LABELS)]),
-               helper.make_tensor_value_info("rbn_stats", f32, ["batch", 3])]
-    if ood is not None:
-        nodes += [helper.make_node("ReduceLogSumExp", ["logits", "last"], ["lse"], keepdims=1),
-                  helper.make_node("Neg", ["lse"], ["ood_score"])]
-        outputs.append(helper.make_tensor_value_info("ood_score", f32, ["batch", 1]))
-    graph = helper.make_graph(
-        nodes, name, [helper.make_tensor_value_info("input", f32, ["batch", 3, 64, 64])], outputs,
-        [numpy_helper.from_array(W, "w"), numpy_helper.from_array(B, "b"),
-         numpy_helper.from_array(np.array([2, 3], np.int64), "hw"), numpy_helper.from_array(np.array([1], np.int64), "last")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
-    meta = {"name": name, "architecture": "linear-probe", "norm": norm, "baseline": baseline, "labels": LABELS,
-            "input": SPEC.model_dump(), "stats_layers": ["red", "green", "blue"], "max_batch_size": 8, "ood": ood}
-    write_bundle(repo, meta, model.SerializeToString())
 
 
 def jpeg(image: Image.Image, quality: int = 90) -> bytes:
@@ -71,18 +33,6 @@ def png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
-
-
-def reference_logits(image: Image.Image) -> np.ndarray:
-    """By hand: shorter side to 73 (int(73 * long / short)), bilinear; centre 64x64 (torchvision's
-    rounding); (x / 255 - mean) / std per channel; the graph's arithmetic in float64."""
-    image = image.convert("RGB")
-    w, h = image.size
-    size = (73, int(73 * h / w)) if w <= h else (int(73 * w / h), 73)
-    left, top = int(round((size[0] - 64) / 2.0)), int(round((size[1] - 64) / 2.0))
-    pixels = np.asarray(image.resize(size, Image.Resampling.BILINEAR))[top : top + 64, left : left + 64]
-    x = (pixels.transpose(2, 0, 1) / 255.0 - MEAN) / STD
-    return x.reshape(-1) @ W.astype(np.float64) + B
 
 
 def served_logits(prediction: dict) -> np.ndarray:
@@ -100,8 +50,7 @@ def centred(logits: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def photo_server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("photo-repo")
-    write_photo_bundle(repo, BN, "bn")
-    write_photo_bundle(repo, RBN, "rbn", baseline=BN)
+    write_photo_pair(repo)  # 64 px: shorter side 73, centre crop 64
     write_photo_bundle(repo, CALIBRATED, "bn", ood=CALIBRATION)
     proc = start_server(repo, tmp_path_factory.mktemp("photo-server"), max_image_pixels=13_000_000)
     yield proc
@@ -200,9 +149,6 @@ def test_an_uncalibrated_bundle_reports_energy_unflagged_and_why(client):
     assert f'rbn_serve_ood_score_count{{model="{RBN}"}} 0.0' in metrics
     assert f'rbn_serve_ood_flagged_total{{model="{RBN}"}} 0.0' in metrics
 
-
-def energy_by_hand(logits: np.ndarray) -> float:
-    return float(-(logits.max() + np.log(np.exp(logits - logits.max()).sum())))
 
 
 def test_a_calibrated_photo_bundle_keeps_the_answer_shape_and_lists_its_calibration(client):
