@@ -195,6 +195,13 @@
     $("ood-help").hidden = false;
   }
 
+  // The model's input as a PNG: a 28x28 one blown up with square pixels, a photo model's (e.g. 224x224 RGB) smoothly.
+  function seenImage(png, alt) {
+    const img = el("img", { src: `data:image/png;base64,${png}`, alt, class: "seen" });
+    img.addEventListener("load", () => { if (img.naturalWidth > 84 || img.naturalHeight > 84) img.classList.add("photo"); });
+    return img;
+  }
+
   function renderArm(node, title, arm, result, side) {
     const correct = result.correct ? (result.correct[side] ? " · right" : " · wrong") : "";
     const ood = arm.ood;
@@ -209,6 +216,10 @@
     const oodBlock = el("div", { class: "ood" },
       el("div", {}, "OOD score ", el("b", { class: "score", text: fixed(ood.score, 2) }), ` / threshold ${fixed(ood.threshold, 2)} `,
         el("span", { class: `flag ${flagged ? "out" : "in"}`, text: ood.flag == null ? "uncalibrated" : flagged ? "flagged" : "in distribution" })));
+    if (ood.calibrated === false) {  // a bundle fitted on nothing: the score is the logits' energy, never flagged
+      oodBlock.append(el("small", { class: "legend", title: ood.reason || "",
+        text: `Uncalibrated ${ood.method || ""} score: this model's bundle has no OOD calibration, so nothing is flagged.` }));
+    }
     if (ood.score != null && ood.threshold != null) {
       // A scale from the lower of (score, 0) to twice the threshold (or the score, if above).
       const lo = Math.min(0, ood.score), hi = Math.max(2 * ood.threshold, ood.score, lo + 1e-6);
@@ -221,7 +232,7 @@
     node.replaceChildren(
       el("h3", { text: `${title}: ${arm.model} v${arm.version}` }),
       el("div", { class: "input" },
-        result.input_png ? el("img", { src: `data:image/png;base64,${result.input_png}`, alt: `${title} input as the model saw it`, class: "seen" }) : null,
+        result.input_png ? seenImage(result.input_png, `${title} input as the model saw it`) : null,
         el("div", { class: "answer" }, el("span", { class: "predicted", text: arm.label }), " ",
           el("span", { class: "probability", text: pct(arm.probability) }),
           el("small", { text: `top-1${correct}` }))),
