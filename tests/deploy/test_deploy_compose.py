@@ -63,7 +63,7 @@ def test_only_loopback_ports_by_default_and_replicas_share_none(gpu_config):
     for name, entries in ports.items():
         for entry in entries:
             assert entry["host_ip"] == "127.0.0.1", f"{name} publishes {entry} beyond loopback"
-    assert {int(e["target"]) for e in ports["gateway"]} == {8000}
+    assert {int(e["target"]) for e in ports["gateway"]} == {8000, 8001}  # HTTP and gRPC
     assert {int(e["target"]) for e in ports["grafana"]} == {3000}
     assert {int(e["target"]) for e in ports["prometheus"]} == {9090}
 
@@ -118,8 +118,8 @@ def test_stop_grace_period_covers_the_drain(gpu_config):
 
 
 def test_prometheus_and_gateway_find_every_replica_on_the_image_port(gpu_config):
-    port = resolve_image("gpu").env["RBN_SERVE_PORT"]
-    assert gpu_config["services"]["api"]["expose"] == [port]
+    port, grpc_port = resolve_image("gpu").env["RBN_SERVE_PORT"], resolve_image("gpu").env["RBN_SERVE_GRPC_PORT"]
+    assert gpu_config["services"]["api"]["expose"] == [port, grpc_port]
     prom = yaml.safe_load((DOCKER / "prometheus/prometheus.yml").read_text())
     job = next(j for j in prom["scrape_configs"] if j["job_name"] == "rbn-serve")
     sd = job["dns_sd_configs"][0]
@@ -128,6 +128,10 @@ def test_prometheus_and_gateway_find_every_replica_on_the_image_port(gpu_config)
     assert re.search(rf"server-template \S+ \d+-\d+ api:{port}\b", cfg)
     assert "option httpchk GET /readyz" in cfg
     assert re.search(r"bind :8000\b", cfg)
+    # gRPC: HTTP/2 to every replica's gRPC port, checked on its HTTP port's /readyz
+    assert re.search(rf"bind :{grpc_port} proto h2\b", cfg)
+    assert re.search(rf"server-template \S+ \d+-\d+ api:{grpc_port} proto h2\b", cfg)
+    assert re.search(rf"default-server check port {port} check-proto h1\b", cfg)
 
 
 def haproxy_seconds(value: str) -> float:

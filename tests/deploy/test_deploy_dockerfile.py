@@ -37,7 +37,7 @@ def test_runtime_contract(target):
     assert img.entrypoint is None
     assert img.stopsignal == "SIGTERM"
     assert img.env["RBN_SERVE_HOST"] == "0.0.0.0"
-    assert img.expose == [img.env["RBN_SERVE_PORT"]]
+    assert img.expose == [img.env["RBN_SERVE_PORT"], img.env["RBN_SERVE_GRPC_PORT"]]  # HTTP, then gRPC (docs/grpc.md)
     assert img.env["RBN_SERVE_MODEL_REPOSITORY"] == "/models"
     assert img.env["PATH"].startswith("/opt/venv/bin:")
     assert img.env["RBN_SERVE_PROVIDERS"] == {"gpu": "cuda", "cpu": "cpu"}[target]

@@ -84,6 +84,7 @@ def test_gpu_limit_probes_and_ports():
     assert env["RBN_SERVE_PROVIDERS"] == "cuda"
     image = resolve_image("gpu")
     assert c["ports"][0]["containerPort"] == int(image.env["RBN_SERVE_PORT"])
+    assert {p["name"]: p["containerPort"] for p in c["ports"]}["grpc"] == int(image.env["RBN_SERVE_GRPC_PORT"])
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz", "liveness on /readyz would kill draining pods"
     assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
