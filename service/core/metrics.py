@@ -173,7 +173,15 @@ class Metrics:
         if self.shared_dir is None:
             self.registry.register(_LiveCollector(read))
         else:
-            _LiveGauges(read, self.registry).start()
+            self._live = _LiveGauges(read, self.registry)
+            self._live.start()
+
+    def live_changed(self) -> None:
+        """Readiness changed: with workers, publish the live gauges now rather than at the next tick (a scrape
+        right after /readyz turned 200 would otherwise read rbn_serve_ready 0 for up to LIVE_REFRESH_S)."""
+        live = getattr(self, "_live", None)
+        if live is not None:
+            live.publish()
 
     def register_gpu(self) -> bool:
         """GPU utilisation and memory through NVML; False (and no metrics) when NVML is unavailable."""

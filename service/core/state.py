@@ -152,6 +152,7 @@ class ServiceState:
                 log.exception("start-up tuning failed; serving anyway")
         if self.phase == "loading":
             self.phase = "ready"
+            self.metrics.live_changed()
             log.info("ready: serving %s (primary %s)", ", ".join(sorted(self.models)), self.primary)
 
     def _fail(self, message: str) -> None:
@@ -175,6 +176,7 @@ class ServiceState:
         """Readiness turns false; requests keep being served until the listener closes."""
         if self.phase in ("loading", "ready"):
             self.phase = "draining"
+            self.metrics.live_changed()
             log.info("draining: readiness is false, finishing in-flight requests")
 
     async def stop(self) -> None:
