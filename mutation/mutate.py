@@ -109,7 +109,7 @@ def copy_tree(dest: Path, source: str) -> None:
 
 def configure(work: Module, dest: Path, children: int) -> list[str]:
     """Append mutmut's configuration to the copy's pyproject.toml; the test paths that exist."""
-    tests = [t for t in work.tests if (dest / t).exists()]
+    tests = [t for t in work.tests if (dest / t.partition("::")[0]).exists()]  # a file, or file::test
     missing = sorted(set(work.tests) - set(tests))
     if missing:
         print(f"mutation: {work.name}: no such test file, left out: {', '.join(missing)}", file=sys.stderr)
