@@ -85,3 +85,27 @@ def test_large_images_are_corrupted_in_the_pool_small_ones_inline():
         asyncio.run(run())
     finally:
         d.shutdown()
+
+
+def test_a_large_photo_is_decoded_in_the_pool_a_small_one_inline():
+    """With the pool's one thread held and no queue: the 12-MP JPEG gets 503 decode_busy (it needs the
+    pool, for opening and decoding), a 200x150 one is decoded on the event loop all the same."""
+    large, small = jpeg((4000, 3000)), jpeg((200, 150))
+    d = decoder(decode_queue_size=0)
+    release = threading.Event()
+
+    async def run() -> None:
+        held = asyncio.ensure_future(d.pool.run(release.wait))
+        await asyncio.sleep(0.05)
+        try:
+            with pytest.raises(DecodeBusy):
+                await d.decode([Upload(large)], SPEC)
+            assert (await d.decode([Upload(small)], SPEC)).shape == (1, 3, 224, 224)
+        finally:
+            release.set()
+            await held
+
+    try:
+        asyncio.run(run())
+    finally:
+        d.shutdown()

@@ -92,7 +92,7 @@ def test_jpeg_photo_is_decoded_at_reduced_scale_and_stays_close_to_the_full_deco
     np.testing.assert_allclose(served, centred(reference_logits(full)), atol=0.05)
 
 
-def test_a_12_megapixel_jpeg_goes_through_the_decode_pool(client):
+def test_a_12_megapixel_jpeg_is_served_from_its_one_eighth_scale_decode(client):
     photo = Image.fromarray(data.astronaut()[64:448]).resize((4000, 3000), Image.Resampling.BICUBIC)
     raw = jpeg(photo)
     served = served_logits(predict(client, raw, "image/jpeg"))
