@@ -143,3 +143,18 @@ def test_redoc_renders_without_leaving_the_origin(browser, page_server):
     urls = requested_urls(d)
     assert any(u.endswith("/docs-assets/redoc.standalone.js") for u in urls)
     assert all(is_local(u, page_server.url) for u in urls), [u for u in urls if not is_local(u, page_server.url)]
+
+
+def test_with_workers_the_summary_says_each_process_counts_its_own(browser, page_server, tmp_path):
+    from web_support import PageServer
+
+    d = browser
+    fresh_page(d, page_server.url, 1366)
+    assert not d.find_element(By.ID, "summary-workers").is_displayed()  # one process: nothing to explain
+    workers = PageServer(tmp_path / "workers.log", workers=2).wait_ready()
+    try:
+        fresh_page(d, workers.url, 1366)
+        note = d.find_element(By.ID, "summary-workers")
+        assert note.is_displayed() and "each keeps its own" in note.text and "rbn_serve_ab_*" in note.text
+    finally:
+        assert workers.stop() == 0

@@ -22,7 +22,7 @@ def test_page_and_its_assets_are_served_within_budget_from_this_origin(http, pag
     urls = references(page.text)
     assert urls and all(is_local(u, page_server.url) for u in urls), urls
     # the corruption menu comes with the page (it must work with --no-docs, without /openapi.json)
-    assert f'<body data-corruptions="{",".join(CORRUPTION_NAMES)}">' in page.text and len(CORRUPTION_NAMES) == 14
+    assert f'<body data-corruptions="{",".join(CORRUPTION_NAMES)}" data-workers="1">' in page.text and len(CORRUPTION_NAMES) == 14
     assets = [u for u in urls if u.startswith("/static/")]
     assert sorted(assets) == ["/static/app.css", "/static/app.js"]
     total = len(page.content)

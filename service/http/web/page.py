@@ -61,7 +61,10 @@ def install(app: FastAPI) -> None:
 
     # The corruption names the server knows, written into the page once (they hold no data, and the
     # page must not depend on /openapi.json, which --no-docs turns off).
+    service = getattr(app.state, "service", None)  # its settings say how many worker processes share the port
+    workers = service.settings.workers if service is not None else 1
     shell = (STATIC / "index.html").read_text().replace("__CORRUPTIONS__", ",".join(CORRUPTION_NAMES))
+    shell = shell.replace("__WORKERS__", str(workers))
     if app.openapi_url is None or app.docs_url is None:  # --no-docs: no link to a page that is not there
         shell = shell.replace(DOCS_LINK, "")
     headers = {"Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-cache"}

@@ -365,6 +365,9 @@
     if (!pairs.length) setStatus("No model here has a loaded baseline: /ab is unavailable.", true);
     fillLabels();
   }
+  function noteWorkers() { // with --workers each process keeps its own table: say so rather than let counts jump unexplained
+    $("summary-workers").hidden = !(Number(document.body.dataset.workers) > 1);
+  }
   function loadCorruptions() {
     state.corruptions = document.body.dataset.corruptions.split(",").filter(Boolean); // written in by the server
     $("corruption").append(...state.corruptions.map((c) => el("option", { value: c, text: c.replaceAll("_", " ") })));
@@ -396,6 +399,7 @@
     try {
       await loadModels();
       loadCorruptions();
+      noteWorkers();
       await Promise.all([loadSamples(), refreshSummary()]);
       document.body.dataset.ready = "true";
     } catch (err) {
