@@ -4,8 +4,8 @@ Two steps so the caller can choose where the work runs: ``open_image`` reads onl
 enforces the pixel limit before any pixel is decoded; ``render`` decodes and brings the image to
 the bundle's input (uint8, channels first), mapping decoder failures to ``CorruptImage``. The pixel
 steps (JPEG draft decoding, mode, fit / stretch / ImageNet shorter-side-and-centre-crop, invert) and
-``Normalizer`` are defined once, in ``rbn.contract.preprocess``, so that training and evaluation
-(rbn.experiments) feed the graph the same tensors as the service.
+``Normalizer`` are defined once, in ``rbn.contract.preprocess``, where training and evaluation
+(rbn.experiments) read them too.
 """
 
 from __future__ import annotations
