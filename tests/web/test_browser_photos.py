@@ -5,7 +5,6 @@ identical arms agreeing with L1 0."""
 
 from __future__ import annotations
 
-import io
 
 import pytest
 from PIL import Image
