@@ -5,7 +5,6 @@ identical arms agreeing with L1 0."""
 
 from __future__ import annotations
 
-
 import pytest
 from PIL import Image
 from selenium.webdriver.common.by import By
