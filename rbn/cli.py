@@ -21,13 +21,33 @@ def _train(args) -> None:
     print(f"trained {out}: test accuracy {final['history'][-1]['test_accuracy']:.4f}")
 
 
+def _finetune_folder(args) -> None:
+    from rbn.experiments.folder_training import FolderRecipe, finetune_folder
+
+    if not args.image_folder:
+        raise UsageError("--model takes --data DIR (an ImageFolder: one sub-folder per class)")
+    options = {"seed": args.seed, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "calibration_lr": args.calibration_lr}
+    recipe = FolderRecipe(model=args.model, weights=args.weights, data=args.image_folder, val_data=args.val_data, **options)
+    out = Path(args.out or f"runs/{args.model.replace(':', '-')}-ft-s{args.seed}")
+    result = finetune_folder(recipe, out)
+    print(f"fine-tuned {recipe.epochs} epochs on {result['train_samples']} images into {out / 'final.pt'}: "
+          f"validation accuracy {result['history'][-1]['val_accuracy']:.4f} ({result['val_samples']} images); "
+          f"bundle it with: rbn bundle --model {args.model} --weights {out / 'final.pt'} --labels {out / 'labels.txt'} --name NAME")
+
+
 def _finetune(args) -> None:
     import torch
 
-    from rbn.experiments.finetune import finetune, recipe_for
-
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.model or args.image_folder:
+        if args.checkpoint:
+            raise UsageError("give either a checkpoint written by `rbn train` or --model SPEC --data DIR")
+        return _finetune_folder(args)
+    if not args.checkpoint:
+        raise UsageError("give a BN checkpoint written by `rbn train`, or --model SPEC [--weights FILE] --data DIR")
+    from rbn.experiments.finetune import finetune, recipe_for
+
     options = {"seed": args.seed, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "calibration_lr": args.calibration_lr}
     options |= {"warmup_epochs": args.warmup_epochs, "train_samples": args.train_samples, "test_samples": args.test_samples}
     recipe = recipe_for(args.checkpoint, **options)
@@ -143,7 +163,24 @@ def _bundle(args) -> None:
     print(f"wrote bundle {path}")
 
 
+def _evaluate_folder(args) -> None:
+    from rbn.experiments.folder_training import evaluate_folder
+
+    if not (args.model and args.image_folder) or args.models:
+        raise UsageError("an ImageFolder evaluation takes --model SPEC [--weights FILE] --data DIR (and no positional models)")
+    result = evaluate_folder(_intake(args), args.image_folder, args.val_data)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = args.model.replace(":", "-").replace("/", "-")
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
+    print(f"{args.model}: accuracy {result['accuracy']:.4f} on {result['samples']} images; wrote {out / (name + '.json')}")
+
+
 def _evaluate(args) -> None:
+    if args.model or args.image_folder:
+        return _evaluate_folder(args)
+    if not args.models:
+        raise UsageError("give bundle folders, .onnx files or checkpoints, or --model SPEC --data DIR")
     from rbn.experiments.evaluate import EvalConfig, OnnxClassifier, evaluate
 
     config = EvalConfig(corruption_samples=args.corruption_samples, calibration_samples=args.calibration_samples)
@@ -231,6 +268,12 @@ def _model_arguments(p: argparse.ArgumentParser, required: bool = False) -> None
     p.add_argument("--weights", help="state-dict file for --model (official RBN checkpoints too)")
 
 
+def _folder_arguments(p: argparse.ArgumentParser) -> None:
+    # dest image_folder: the top-level --data (Fashion-MNIST's folder) keeps its own
+    p.add_argument("--data", dest="image_folder", help="ImageFolder (DIR/<class>/<image>, or DIR/train + DIR/val) for --model")
+    p.add_argument("--val-data", help="a second ImageFolder for validation (default: DIR/val, else a seeded 20%% split)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rbn", description=__doc__)
     parser.add_argument("--data", help="Fashion-MNIST folder (default: RBN_FASHION_MNIST_DIR or the Debian package's)")
@@ -248,8 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default runs/<arch>-<norm>-s<seed>)")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("finetune", help="BN checkpoint -> RBN (function-preserving) -> brief fine-tune (--resume to continue)")
-    p.add_argument("checkpoint", help="a BN checkpoint written by `rbn train`")
+    p = sub.add_parser("finetune", help="BN checkpoint (or --model on --data DIR) -> RBN (function-preserving) -> brief fine-tune")
+    p.add_argument("checkpoint", nargs="?", help="a BN checkpoint written by `rbn train` (Fashion-MNIST), or give --model and --data")
+    _model_arguments(p)
+    _folder_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="data order and augmentation")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--lr", type=float, default=0.01, help="peak learning rate (cosine to 0)")
@@ -292,8 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluation", help="`rbn evaluate` JSON whose headline numbers go into model.json")
     p.set_defaults(func=_bundle)
 
-    p = sub.add_parser("evaluate", help="clean, corruption and OOD evaluation -> JSON per model")
-    p.add_argument("models", nargs="+", help="bundle folders, .onnx files or checkpoints")
+    p = sub.add_parser("evaluate", help="clean, corruption and OOD evaluation -> JSON per model (--model --data: ImageFolder accuracy)")
+    p.add_argument("models", nargs="*", help="bundle folders, .onnx files or checkpoints (Fashion-MNIST)")
+    _model_arguments(p)
+    _folder_arguments(p)
     p.add_argument("--out", default="results")
     p.add_argument("--corruption-samples", type=int, default=10_000)
     p.add_argument("--calibration-samples", type=int, default=10_000)

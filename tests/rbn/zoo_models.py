@@ -68,3 +68,9 @@ def all_positions() -> nn.Module:
 
 def not_a_module() -> str:
     return "a string"
+
+
+def three_classes() -> nn.Module:
+    """all_positions with a 3-class head: the generated ImageFolders' red, green and blue."""
+    torch.manual_seed(0)
+    return AllPositions(num_classes=3)
