@@ -8,9 +8,9 @@ Two steps, both following the bundle's input spec (``rbn.contract.bundle.InputSp
 - ``Normalizer`` turns a uint8 (N, C, H, W) batch into float32 ``(x / 255 - mean) / std`` per channel.
 
 The service (``service.core.imaging``, which adds the limits and its error answers) calls both;
-training and evaluation (``rbn.experiments``) call ``Normalizer`` on Fashion-MNIST's uint8 tensors
-and are to call ``prepare`` on image files (an ImageFolder), so evaluation measures the tensors the
-service feeds the graph, bit for bit. It lives in rbn/ rather than service/ because the dependencies run one way,
+training and evaluation call ``Normalizer`` on Fashion-MNIST's uint8 tensors (``rbn.experiments.data``)
+and ``prepare`` on image files (``rbn.experiments.imagefolder``), so evaluation measures the tensors
+the service feeds the graph, bit for bit. It lives in rbn/ rather than service/ because the dependencies run one way,
 rbn -> models -> service (rbn never imports the service). numpy and Pillow only.
 """
 
