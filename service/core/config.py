@@ -69,6 +69,20 @@ class Settings(BaseSettings):
     counting each worker's share of the CPUs (CPUs / workers)."""
     cuda_device: int = Field(0, ge=0)
     """GPU index used by the CUDA provider."""
+    cuda_conv_algo_search: Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"] = "HEURISTIC"
+    """cuDNN's convolution algorithm choice. HEURISTIC: cuDNN's own pick, no timing; EXHAUSTIVE (ONNX Runtime's
+    default): times every algorithm for every new input shape, so warm-up benchmarks each batch size (seconds per
+    shape on a large model) for kernels that may be a little faster; DEFAULT: the first algorithm."""
+    cuda_mem_limit_bytes: int = Field(0, ge=0)
+    """Limit of each CUDA session's memory arena (0: none). Sessions add up: models (with their baselines) x
+    instances x workers, each its own arena, plus cuDNN workspaces and the CUDA context per process."""
+    cuda_arena_extend_strategy: Literal["kNextPowerOfTwo", "kSameAsRequested"] = "kNextPowerOfTwo"
+    """How a CUDA arena grows: kNextPowerOfTwo (ONNX Runtime's default) or kSameAsRequested (no rounding up:
+    less memory held when several sessions share one GPU)."""
+    cuda_preload_dlls: Literal["auto", "always", "never"] = "auto"
+    """onnxruntime.preload_dlls() before the first CUDA session: loads CUDA and cuDNN from pip's nvidia-* wheels,
+    which `pip install .[gpu]` outside the image leaves off the library path. auto: unless the image registered
+    them with the loader (docker/check_gpu_libs.py --register)."""
 
     # --- dynamic batching -------------------------------------------------------------------
     max_batch_size: int = Field(32, ge=1)

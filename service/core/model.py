@@ -29,7 +29,7 @@ from service.core.metrics import Metrics
 from service.core.ood import OodScorer
 from service.core.predictions import describe, softmax
 from service.core.repository import Bundle
-from service.core.runtime import ModelRuntime, ProviderError
+from service.core.runtime import CudaOptions, ModelRuntime, ProviderError
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,8 @@ def _join(names: list[str], results: list[BatchSlice]) -> Inference:
 def load_model(bundle: Bundle, settings: Settings, metrics: Metrics, decoder: Decoder) -> Model:
     """Create the session, check it against the metadata and warm up every batch size (blocking)."""
     meta = bundle.meta
-    runtime = ModelRuntime(meta, bundle.onnx_file, settings.providers, settings.intra_op_threads, settings.cuda_device)
+    runtime = ModelRuntime(meta, bundle.onnx_file, settings.providers, settings.intra_op_threads,
+                           CudaOptions.from_settings(settings))
     max_batch = min(settings.max_batch_size, meta.max_batch_size)
     warm = runtime.warm_up(max_batch)
     imaging.warm_up(meta.input)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -40,10 +42,73 @@ def default_threads(cpus: int | None = None) -> int:
     return max(1, min(8, cpus if cpus <= 2 else cpus - 1))
 
 
-def provider_list(providers: str, cuda_device: int = 0) -> list:
-    """What to ask ONNX Runtime for under the ``providers`` setting (auto | cuda | cpu)."""
+# docker/check_gpu_libs.py --register writes this in the GPU image: there the loader finds CUDA and cuDNN.
+IMAGE_LD_CONF = Path("/etc/ld.so.conf.d/rbn-serve-nvidia.conf")
+
+
+@dataclass(frozen=True)
+class CudaOptions:
+    """The CUDA provider's options (service.core.config.Settings' cuda_* fields)."""
+
+    device: int = 0
+    conv_algo_search: str = "HEURISTIC"
+    """cuDNN's convolution algorithm choice: HEURISTIC (cuDNN's guess, no timing), EXHAUSTIVE (time every
+    algorithm for every new input shape: warm-up then benchmarks each batch size, seconds per shape on a
+    large model), or DEFAULT (the first algorithm)."""
+    mem_limit_bytes: int = 0
+    """The arena's limit per session (0: none). Every model, --instances and --workers holds its own session."""
+    arena_extend_strategy: str = "kNextPowerOfTwo"
+    """How the arena grows: kNextPowerOfTwo (ONNX Runtime's default, fewer allocations) or kSameAsRequested
+    (no rounding up: less memory held by each of several sessions on one GPU)."""
+    preload_dlls: str = "auto"
+    """auto | always | never: onnxruntime.preload_dlls() before the first CUDA session, which loads CUDA and cuDNN
+    from pip's nvidia-* wheels (`pip install .[gpu]` outside the image has no library path to them); auto: unless
+    the image registered them with the loader."""
+
+    @classmethod
+    def from_settings(cls, settings) -> CudaOptions:
+        return cls(settings.cuda_device, settings.cuda_conv_algo_search, settings.cuda_mem_limit_bytes,
+                   settings.cuda_arena_extend_strategy, settings.cuda_preload_dlls)
+
+
+def cuda_provider_options(cuda: int | CudaOptions = 0) -> dict[str, str]:
+    """The CUDA provider's option dictionary (also what bench/gpu_bench.py measures with)."""
+    if isinstance(cuda, int):
+        cuda = CudaOptions(device=cuda)
+    options = {"device_id": str(cuda.device), "cudnn_conv_algo_search": cuda.conv_algo_search,
+               "arena_extend_strategy": cuda.arena_extend_strategy}
+    if cuda.mem_limit_bytes:
+        options["gpu_mem_limit"] = str(cuda.mem_limit_bytes)
+    return options
+
+
+def should_preload(setting: str, image_conf: Path = IMAGE_LD_CONF) -> bool:
+    """Whether to call onnxruntime.preload_dlls() before a CUDA session (see CudaOptions.preload_dlls)."""
+    return setting == "always" or (setting == "auto" and not image_conf.exists())
+
+
+_preloaded = False
+
+
+def preload_cuda_libraries(setting: str) -> None:
+    """onnxruntime.preload_dlls() once per process where ``setting`` asks for it; a failure is only logged (the
+    session that follows says whether CUDA works)."""
+    global _preloaded
+    if _preloaded or not should_preload(setting) or not hasattr(ort, "preload_dlls"):
+        return
+    _preloaded = True
+    try:
+        ort.preload_dlls()
+    except Exception as exc:  # a missing library: the CUDA session reports what it lacks
+        log.warning("onnxruntime.preload_dlls() failed: %s", exc)
+
+
+def provider_list(providers: str, cuda: int | CudaOptions = 0) -> list:
+    """What to ask ONNX Runtime for under the ``providers`` setting (auto | cuda | cpu); ``cuda`` is the device
+    index or the CUDA provider's options."""
     available = ort.get_available_providers()
-    cuda = (CUDA, {"device_id": cuda_device})
+    options = cuda if isinstance(cuda, CudaOptions) else CudaOptions(device=cuda)
+    entry = (CUDA, cuda_provider_options(options))
     if providers == "cpu":
         return [CPU]
     if providers == "cuda":
@@ -52,8 +117,12 @@ def provider_list(providers: str, cuda_device: int = 0) -> list:
                 f"providers=cuda but this onnxruntime build offers {available}; install onnxruntime-gpu "
                 "with a matching CUDA, or set providers=cpu"
             )
-        return [cuda, CPU]
-    return [cuda, CPU] if CUDA in available else [CPU]
+        preload_cuda_libraries(options.preload_dlls)
+        return [entry, CPU]
+    if CUDA in available:
+        preload_cuda_libraries(options.preload_dlls)
+        return [entry, CPU]
+    return [CPU]
 
 
 def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
@@ -73,10 +142,10 @@ class ModelRuntime:
     """An ONNX Runtime session for one bundle. ``run`` is thread-safe and blocks: call it off the event loop."""
 
     def __init__(self, meta: BundleMeta, onnx_file: str | os.PathLike, providers: str = "auto",
-                 intra_op_threads: int = 0, cuda_device: int = 0) -> None:
+                 intra_op_threads: int = 0, cuda: int | CudaOptions = 0) -> None:
         self.meta = meta
         options = session_options(intra_op_threads)
-        self.session = _load(meta, onnx_file, options, provider_list(providers, cuda_device))
+        self.session = _load(meta, onnx_file, options, provider_list(providers, cuda))
         self.providers = self.session.get_providers()
         if providers == "cuda" and CUDA not in self.providers:
             raise ProviderError(f"{meta.name}: providers=cuda but the session runs on {self.providers}")

@@ -15,7 +15,7 @@ from service.core.errors import ModelNotFound, NotReady
 from service.core.metrics import LiveState, Metrics
 from service.core.model import Model, choose_primary, load_all
 from service.core.repository import scan
-from service.core.runtime import ModelRuntime, ProviderError, provider_list
+from service.core.runtime import CudaOptions, ModelRuntime, ProviderError, provider_list
 from service.core.shadow import Shadow
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class ServiceState:
             return
         settings = self.settings
         try:
-            provider_list(settings.providers, settings.cuda_device)
+            provider_list(settings.providers, CudaOptions.from_settings(settings))
         except RuntimeError as exc:
             raise StartupError(str(exc)) from None
         found = scan(settings.model_repository)
@@ -106,7 +106,8 @@ class ServiceState:
         failures = []
         for bundle in bundles:
             try:
-                ModelRuntime(bundle.meta, bundle.onnx_file, "cuda", settings.intra_op_threads, settings.cuda_device)
+                ModelRuntime(bundle.meta, bundle.onnx_file, "cuda", settings.intra_op_threads,
+                             CudaOptions.from_settings(settings))
             except ProviderError as exc:
                 raise StartupError(str(exc)) from None
             except Exception as exc:  # this bundle may be broken (the loader reports it): try the next one

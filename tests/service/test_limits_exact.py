@@ -34,6 +34,7 @@ BOUNDS: dict[str, tuple[float, float | None, float]] = {
     "workers": (1, 64, 1),
     "intra_op_threads": (0, None, 1),
     "cuda_device": (0, None, 1),
+    "cuda_mem_limit_bytes": (0, None, 1),
     "max_batch_size": (1, None, 1),
     "max_queue_delay_ms": (0.0, None, 1e-9),
     "max_queue_size": (1, None, 1),
