@@ -134,8 +134,9 @@ def serve_worker(settings: Settings, sock: socket.socket, metrics: Metrics | Non
         app.state.service.prepare()
     except StartupError as exc:
         raise CannotStart(str(exc)) from None
+    listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
     config = uvicorn.Config(
-        app,
+        app if listening else start_when_warm(app, app.state.service),
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -164,6 +165,28 @@ def serve_worker(settings: Settings, sock: socket.socket, metrics: Metrics | Non
         logging.shutdown()
         os._exit(code)
     return code
+
+
+def start_when_warm(app, state: ServiceState):
+    """``app`` whose start-up (ASGI lifespan) ends only once the models are loaded and warm (or failed).
+
+    uvicorn listens on its socket when the start-up ends: a worker of ``--workers`` whose socket is not
+    yet listening (``service.http.workers.worker_socket``) so takes no connection while it loads. Requests
+    pass through with one type check (a lone server, listening from the start, runs ``app`` itself)."""
+
+    async def gated(scope, receive, send) -> None:
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+
+        async def send_when_warm(message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                await state.wait_loaded()
+            await send(message)
+
+        await app(scope, receive, send_when_warm)
+
+    return gated
 
 
 def settle_heap() -> None:

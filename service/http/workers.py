@@ -6,13 +6,18 @@ parallel (BENCHMARKS.md, "`--workers 2` against one process"). Each worker is a 
 loop and limits. The cost is memory (every worker holds the models; on a GPU, GPU memory too) and
 batching per worker rather than across them.
 
-The parent binds the port (a port in use fails once, at once), makes the folder where the workers'
-metric values meet (``service.core.metrics.share_between_processes``), then forks the workers before it
-has started any thread or opened any model. Afterwards it only waits:
+The parent reserves the port (a port in use fails once, at once: ``reserve``), makes the folder where the
+workers' metric values meet (``service.core.metrics.share_between_processes``), then forks the workers
+before it has started any thread or opened any model. Each worker binds a socket of its own to the port
+(``SO_REUSEPORT``) and listens on it only once its models are loaded and warm: the kernel hands
+connections to listening sockets only, so a new or replacement worker takes no connection before it can
+answer it (with one shared socket, a replacement took half the connections and answered 503 not_ready
+while it loaded). Afterwards the parent only waits:
 
 - SIGTERM or SIGINT: one SIGTERM to every worker; each drains as a lone server does, and the parent
-  exits when all have: 0 if every worker exited 0. A second signal is passed on as it is (a second
-  Ctrl-C stops the workers without waiting).
+  exits when all have: 0 if every worker exited 0. A second SIGTERM is not passed on (each worker gets
+  one: a second one would cut its drain short); a second SIGINT is (a second Ctrl-C stops the workers
+  without waiting).
 - A worker that exits 1 could not start or hit a fatal error (a bad bundle or key file): the others
   are stopped and the parent exits 1, as a lone server would.
 - A worker that dies otherwise (killed, crashed) is replaced at once. More than ``MAX_DEATHS``
@@ -52,6 +57,7 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 ServeWorker = Callable[[Settings, socket.socket, Metrics], int]
 CANNOT_START = "cannot-start"  # in the metrics folder: the first worker that could not start said why
+METRICS_PREFIX = "rbn-serve-metrics-"  # + the supervisor's pid + "-": folders of dead supervisors are removed at start
 
 
 class CannotStart(Exception):
@@ -78,6 +84,42 @@ def listen(host: str, port: int, backlog: int) -> socket.socket:
     return sock
 
 
+def _bound(host: str, port: int, reuse_port: bool) -> socket.socket:
+    """A TCP socket bound to host:port and not listening (``CannotStart`` when it cannot be)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise CannotStart(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise CannotStart(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def reserve(host: str, port: int) -> socket.socket:
+    """The port of ``--workers``: checked free by a bind without SO_REUSEPORT (a server already on it,
+    even another ``--workers`` one, fails here as ``CannotStart``), then held by a socket bound with
+    SO_REUSEPORT that never listens, so the kernel gives it no connection (port 0: the kernel picks one)."""
+    probe = _bound(host, port, reuse_port=False)
+    port = probe.getsockname()[1]
+    probe.close()
+    return _bound(host, port, reuse_port=True)
+
+
+def worker_socket(reserved: socket.socket) -> socket.socket:
+    """A worker's own socket on the reserved port, bound and not yet listening: uvicorn listens on it when
+    the app's start-up ends, which ``service.http.server`` holds back until the models are warm."""
+    host, port = reserved.getsockname()[:2]
+    return _bound(host, port, reuse_port=True)
+
+
 def worker_settings(settings: Settings) -> Settings:
     """Each worker's share of the CPUs for ONNX Runtime when the threads are left to the default."""
     if settings.intra_op_threads:
@@ -100,13 +142,15 @@ class Supervisor:
         """Serve with ``settings.workers`` processes until stopped; the exit code."""
         settings = self.settings
         try:
-            sock = listen(settings.host, settings.port, settings.listen_backlog)
+            sock = reserve(settings.host, settings.port)
         except CannotStart as exc:
             log.critical("cannot start: %s", exc)
             return 1
         if threading.active_count() > 1:  # a fork copies only the calling thread: workers would inherit broken locks
             log.warning("forking workers with %d threads running", threading.active_count())
-        folder = Path(tempfile.mkdtemp(prefix="rbn-serve-metrics-"))
+        for stale in remove_stale_folders(Path(tempfile.gettempdir())):
+            log.info("removed %s, the metrics folder of a supervisor that is gone", stale)
+        folder = Path(tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-"))
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         host, port = sock.getsockname()[:2]
         log.info("listening on %s:%d with %d worker processes (metric values in %s)", host, port, settings.workers, folder)
@@ -128,7 +172,7 @@ class Supervisor:
             self.stopping = True
             log.info("signal %s: stopping %d worker(s)", signal.Signals(sig).name, len(self.children))
             self._send(signal.SIGTERM)
-        else:
+        elif sig != signal.SIGTERM:  # every worker has had its one SIGTERM
             self._send(sig)
 
     def _send(self, sig: int) -> None:
@@ -199,7 +243,9 @@ class Supervisor:
             _die_with_parent()
             signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
             share_between_processes(folder)
-            code = self.serve_worker(worker_settings(self.settings), sock, Metrics(folder))
+            own = worker_socket(sock)
+            sock.close()  # the parent's reservation: this worker listens on its own socket
+            code = self.serve_worker(worker_settings(self.settings), own, Metrics(folder))
         except CannotStart as exc:  # every worker meets the same cause: only the first one says it
             try:
                 os.close(os.open(folder / CANNOT_START, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
@@ -211,6 +257,32 @@ class Supervisor:
         finally:
             logging.shutdown()
             os._exit(code)  # never run the parent's clean-up (its finally blocks, atexit) in a worker
+
+
+def remove_stale_folders(root: Path) -> list[Path]:
+    """Remove the metrics folders in ``root`` whose supervisor is gone (SIGKILLed: it could not clean up);
+    the supervisor's pid is in each folder's name. Only this user's folders; the removed ones."""
+    removed = []
+    for folder in root.glob(METRICS_PREFIX + "*"):
+        pid = folder.name[len(METRICS_PREFIX):].partition("-")[0]
+        try:
+            if not pid.isdigit() or folder.stat().st_uid != os.getuid() or _alive(int(pid)):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _die_with_parent() -> None:
