@@ -30,12 +30,13 @@ from collections.abc import Iterable
 from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from rbn.contract.corruptions import CORRUPTION_NAMES, SEVERITIES
 from service.core.abstats import AbTally, rate
+from service.core.answers import ArmsCorrect
 
 CLEAN = "none"  # the row of uncorrupted images, as /ab/summary and the metrics name it
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -389,6 +390,18 @@ class Outcome:
     errors: list[str] = field(default_factory=list)
 
 
+class _Counted(NamedTuple):
+    """What ``AbTally.add`` reads of an /ab result (it counts the server's typed ``AbResult``s the same way)."""
+
+    agree: bool
+    correct: ArmsCorrect | None
+
+
+def _counted(item: dict) -> _Counted:
+    correct = item.get("correct")
+    return _Counted(bool(item["agree"]), None if correct is None else ArmsCorrect(bool(correct["rbn"]), bool(correct["baseline"])))
+
+
 def evaluate(client: Client, model: str, jobs: list[Job], shifts: list[tuple[str, int]], concurrency: int,
              progress: Progress | None) -> Outcome:
     """Run every job with ``concurrency`` requests in flight; count per shift. Stops at the first error."""
@@ -407,7 +420,7 @@ def evaluate(client: Client, model: str, jobs: list[Job], shifts: list[tuple[str
                 for other in futures:
                     other.cancel()
                 continue
-            tally.add(model, "", job.corruption, job.severity, results)
+            tally.add(model, "", job.corruption, job.severity, [_counted(item) for item in results])
             if progress is not None:
                 progress.advance(len(results))
     return Outcome(rows_of(tally, shifts), errors)
