@@ -2,7 +2,8 @@
 
     python image_requirements.py cpu [pyproject.toml]   # [project] dependencies, verbatim
     python image_requirements.py gpu [pyproject.toml]   # the same with onnxruntime swapped for the `gpu` extra
-    python image_requirements.py gpu-host [pyproject.toml]  # gpu without the CUDA/cuDNN wheels (the host has them)
+    python image_requirements.py gpu-host [pyproject.toml]  # gpu without the CUDA/cuDNN wheels (the host has them:
+                                                            # bench/gpu_check.sh on a machine with torch's)
     python image_requirements.py lock [pyproject.toml]  # resolve both lists with pip -> docker/constraints.txt
 
 `onnxruntime` and `onnxruntime-gpu` install the same `onnxruntime` package, so one environment must hold
@@ -26,6 +27,9 @@ import tomllib
 from pathlib import Path
 
 CPU_RUNTIME = "onnxruntime"
+# CUDA and cuDNN as wheels (the `gpu` extra pins the CUDA 13.0 ones): left out of gpu-host.
+CUDA_WHEELS = {"nvidia-cuda-runtime", "nvidia-cuda-nvrtc", "nvidia-nvjitlink", "nvidia-cublas", "nvidia-cufft",
+               "nvidia-curand", "nvidia-cudnn-cu13"}
 GPU_RUNTIME = "onnxruntime-gpu"
 GPU_RUNTIME_EXTRAS = ("cuda", "cudnn")
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?\s*(.*)$")
@@ -57,6 +61,7 @@ def requirements(pyproject: dict, variant: str) -> list[str]:
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
     runtime_extras = GPU_RUNTIME_EXTRAS if variant == "gpu" else ()
+    host_cuda = variant == "gpu-host"  # the machine's own CUDA libraries: none of the CUDA wheels
     if CPU_RUNTIME not in {split(r)[0] for r in base}:
         raise ValueError(f"[project] dependencies no longer name {CPU_RUNTIME!r}; update docker/image_requirements.py")
     gpu_extra = project.get("optional-dependencies", {}).get("gpu", [])
@@ -64,6 +69,8 @@ def requirements(pyproject: dict, variant: str) -> list[str]:
     found = False
     for requirement in gpu_extra:
         name, _extras, rest = split(requirement)
+        if host_cuda and name in CUDA_WHEELS:
+            continue
         if name == GPU_RUNTIME:
             found = True
             extras = f"[{','.join(runtime_extras)}]" if runtime_extras else ""
