@@ -186,7 +186,7 @@ def changed_lines(diff: str) -> tuple[list[str], list[str]]:
 def match_equivalent(name: str, diff: str, equivalents: list[dict]) -> str | None:
     """The reason of the entry whose function and changed lines are this mutant's, else None."""
     before, after = changed_lines(diff)
-    function = name.rpartition(".")[2].rsplit("__mutmut_", 1)[0]
+    function = name.rpartition(".")[2].rsplit("__mutmut_", 1)[0].replace("\u01c1", ".")  # xǁAccessǁallows -> x.Access.allows
     for entry in equivalents:
         if function.endswith(entry["function"]) and [entry["before"]] == before and [entry["after"]] == after:
             return entry["why"]

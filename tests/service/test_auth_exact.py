@@ -166,3 +166,14 @@ def test_docs_and_metrics_close_when_configured():
         assert locked.client.get("/metrics", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
         assert locked.client.get("/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).status_code == 404
         assert locked.client.get("/healthz").status_code == 200
+
+
+def test_a_fresh_app_opens_its_page_files_docs_and_metrics_from_the_first_request():
+    """The first request of an app reads its static mounts (the gate does it once): nothing else may come first."""
+    with app(api_key=KEY) as fresh:
+        first = fresh.client.get("/static/app.js")
+        assert first.status_code == 200 and first.headers.get("cache-control") != "no-store"
+        assert fresh.client.get("/samples/fashion-mnist/labels.json").status_code == 200
+        for path in ("/openapi.json", "/docs", "/metrics", "/"):
+            assert fresh.client.get(path).status_code == 200, path
+        assert fresh.client.get("/models").status_code == 401
