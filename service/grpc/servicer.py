@@ -175,11 +175,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             status, labels = 200, {"model": ""}
             try:
                 answer = pb.ModelStreamInferResponse(infer_response=await self._infer(request, labels))
-            except Exception as exc:
-                if not isinstance(exc, ServiceError):
+            except BaseException as exc:  # CancelledError too: the client left mid-stream (counted, then re-raised)
+                if not isinstance(exc, (ServiceError, asyncio.CancelledError)):
                     log.exception("%s failed", method)
                 status, code, _, message, _ = render(exc, ctx.request_id)
                 self.state.metrics.rejected.labels(method, code).inc()
+                if not isinstance(exc, Exception):
+                    raise
                 answer = pb.ModelStreamInferResponse(error_message=message)
             finally:
                 request_context.leave(token)

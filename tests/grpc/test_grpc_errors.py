@@ -199,3 +199,24 @@ def test_deadline_and_cancellation_drop_the_queued_request(slow):
     assert time.monotonic() - started < 15  # nothing waited for the slow batch
     assert client.infer("test-resnet20-rbn", [tensor(X)]).as_numpy("logits").shape == (3, 10)
     held.cancel()
+
+
+def test_a_client_that_leaves_mid_stream(slow):
+    """A stream whose client goes away while its request waits behind a busy instance: the server drops the
+    request, keeps serving, and counts the call."""
+    client = slow.client()
+    busy = np.zeros((1, 1, 28, 28), np.float32)
+    busy[0, 0, 0, 0] = STEPS
+    held = client.async_infer(SLOW, [tensor(busy)], callback=lambda result, error: None)
+    wait_until(lambda: metric(metrics(slow), f'rbn_serve_batches_in_flight{{model="{SLOW}"}}') >= 1)
+    before = metrics(slow)
+    series = f'rbn_serve_rejected_requests_total{{reason="client_disconnected",route="/{SERVICE}/ModelStreamInfer"}}'
+    streaming = slow.client()
+    streaming.start_stream(callback=lambda result, error: None)
+    streaming.async_stream_infer(SLOW, [tensor(np.zeros((1, 1, 28, 28), np.float32))])
+    time.sleep(1.0)  # the request waits behind the running batch
+    streaming.stop_stream(cancel_requests=True)
+    streaming.close()
+    wait_until(lambda: metric(metrics(slow), series) == metric(before, series) + 1, 10)
+    assert client.infer("test-resnet20-rbn", [tensor(X)]).as_numpy("logits").shape == (3, 10)
+    held.cancel()
