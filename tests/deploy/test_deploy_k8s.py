@@ -50,7 +50,7 @@ def test_kustomization_lists_every_manifest_and_renames_the_image():
 
 
 def test_service_monitor_is_well_formed_and_selects_the_service():
-    (sm,) = by_kind("ServiceMonitor")
+    (sm,) = [d for d in yaml.safe_load_all((K8S / "components/servicemonitor/servicemonitor.yaml").read_text()) if d]
     (svc,) = by_kind("Service")
     assert sm["metadata"]["namespace"] == svc["metadata"]["namespace"]
     labels = svc["metadata"]["labels"]
