@@ -201,6 +201,17 @@ class ServerProcess(procs.ServerProcess):
         raise RuntimeError(f"no VmRSS for pid {self.pid}")
 
 
+class Service(procs.RbnServe):
+    """``rbn-serve serve`` from the checkout ``root`` (harness.procs.RbnServe: settings as flags, a clean
+    environment), killed when we die."""
+
+    def __init__(self, log_path: Path, *flags: str, **settings) -> None:
+        super().__init__(log_path, *flags, popen={"stdin": subprocess.DEVNULL, "preexec_fn": _die_with_parent},
+                         **settings)
+
+    rss_mb = ServerProcess.rss_mb
+
+
 def python_env(extra: dict | None = None, root: Path = ROOT) -> dict:
     """Our environment with the repository (or another checkout, ``root``) importable and no
     RBN_SERVE_* settings leaking in."""

@@ -34,6 +34,7 @@ from bench.common import (  # noqa: E402
     SAMPLE_PNG,
     Paused,
     ServerProcess,
+    Service,
     bounded_run,
     emit,
     exit_on_sigterm,
@@ -132,11 +133,8 @@ def start_naive(bundle_dir: Path, log_dir: Path, body: bytes, content_type: str,
 def start_service(repository: Path, providers: str, threads: int, extra: list[str], log_dir: Path,
                   timeout: float, root: Path = ROOT) -> ServerProcess:
     """The service from ``root`` (this checkout by default); flags in ``extra`` win over the others."""
-    port = free_port()
-    args = [sys.executable, "-m", "service.cli", "serve", "--model-repository", str(repository.resolve()),
-            "--host", "127.0.0.1", "--port", str(port), "--providers", providers, "--intra-op-threads", str(threads),
-            "--log-level", "warning", *extra]
-    server = ServerProcess("service", args, port, log_dir / "service.log", python_env(root=root), cwd=root)
+    server = Service(log_dir / "service.log", *extra, root=root, name="service", model_repository=repository.resolve(),
+                     providers=providers, intra_op_threads=threads, log_level="warning")
     server.wait_until(lambda: http("GET", server.url + "/readyz")[0] == 200, timeout)
     return server
 

@@ -31,8 +31,7 @@ from pathlib import Path
 
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import ROOT, SAMPLE_PNG, ServerProcess, emit, exit_on_sigterm, header, progress, python_env  # noqa: E402
-from harness.procs import free_port  # noqa: E402
+from bench.common import ROOT, SAMPLE_PNG, Service, emit, exit_on_sigterm, header, progress  # noqa: E402
 
 KEY = "soak-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -141,7 +140,7 @@ class Minute:
         self.probe_worst = 0.0
 
 
-async def run(port: int, minutes: float, concurrency: int, server: ServerProcess, seed: int) -> list[dict]:
+async def run(port: int, minutes: float, concurrency: int, server: Service, seed: int) -> list[dict]:
     import httpx
 
     traffic = Traffic(port, random.Random(seed))
@@ -272,12 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write the Markdown report here (default: stdout)")
     args = p.parse_args(argv)
     exit_on_sigterm()
-    port = free_port()
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
-        env = python_env({"RBN_SERVE_API_KEY": KEY, "RBN_SERVE_PROVIDERS": "cpu"}, root=args.root)
-        server = ServerProcess("rbn-serve", [sys.executable, "-m", "service", "serve", "--port", str(port),
-                                             "--model-repository", str(ROOT / "models")],
-                               port, Path(tmp) / "server.log", env=env, cwd=args.root)
+        # the key through the environment, as an operator would pass a secret (never on a command line)
+        server = Service(Path(tmp) / "server.log", root=args.root, env={"RBN_SERVE_API_KEY": KEY},
+                         model_repository=ROOT / "models")
+        port = server.port
         try:
             server.wait_ready()
             rows = asyncio.run(run(port, args.minutes, args.concurrency, server, args.seed))

@@ -26,13 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import (  # noqa: E402 - the repository on sys.path first
     ROOT,
     Paused,
-    ServerProcess,
+    Service,
     emit,
     exit_on_sigterm,
-    free_port,
     header,
     progress,
-    python_env,
 )
 
 TRAINING = r"bin/rbn (train|finetune)"  # the background jobs paused while measuring (--pause-training)
@@ -111,11 +109,8 @@ def main() -> int:
     parser.add_argument("--out", help="also write the Markdown section here")
     args = parser.parse_args()
     exit_on_sigterm()
-    port = free_port()
     log = Path(tempfile.mkdtemp(prefix="web_bench_")) / "server.log"
-    server = ServerProcess("rbn-serve", [sys.executable, "-m", "service", "serve", "--model-repository",
-                                         str(ROOT / "models"), "--port", str(port), "--providers", "cpu"],
-                           port, log, env=python_env())
+    server = Service(log, model_repository=ROOT / "models")
     try:
         server.wait_ready()
         pids = training_pids() if args.pause_training else []

@@ -161,7 +161,7 @@ def clean_env(root: Path = ROOT, extra: dict[str, str] | None = None) -> dict[st
 
 class RbnServe(ServerProcess):
     """``python -m service serve`` from the checkout ``root`` on 127.0.0.1 (an ephemeral port unless one is
-    given), on the CPU: every setting in ``settings`` passed as its command-line flag, ``flags`` as they are,
+    given), on the CPU: every setting in ``settings`` passed as its command-line flag, then ``flags`` (so they win),
     and nothing from the caller's ``RBN_SERVE_*`` variables (``env`` adds variables of its own)."""
 
     def __init__(self, log_path: Path, *flags: str, port: int | None = None, root: Path = ROOT,
@@ -169,5 +169,5 @@ class RbnServe(ServerProcess):
                  popen: dict | None = None, **settings: object) -> None:
         port = port or free_port()
         settings = {"host": "127.0.0.1", "port": port, "providers": "cpu", **settings}
-        args = [python, "-m", "service", "serve", *flags, *setting_flags(settings)]
+        args = [python, "-m", "service", "serve", *setting_flags(settings), *flags]  # the flags win
         super().__init__(args, port, log_path, name=name, cwd=root, env=clean_env(root, env), **(popen or {}))
