@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import os
+import subprocess
+import sys
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 from skimage import data
-from svc_support import start_server
+from svc_support import ROOT, start_server
 
 from tests.photo_bundles import BN, LABELS, RBN, energy_by_hand, reference_logits, write_photo_bundle, write_photo_pair
 
@@ -164,3 +168,26 @@ def test_a_calibrated_photo_bundle_keeps_the_answer_shape_and_lists_its_calibrat
     summary = client.get(f"/models/{CALIBRATED}").json()["ood"]
     assert (summary["source"], summary["heldout_samples"], summary["heldout_fpr"]) == ("my-photos", 50, 0.06)
     assert client.get(f"/models/{RBN}").json()["ood"] is None
+
+
+def test_ab_eval_on_an_rgb_image_folder(photo_server, tmp_path):
+    """`rbn-serve ab-eval` on an ImageFolder of JPEG photos (class folders named after the labels): every
+    comparison agrees, both arms have the same accuracy."""
+    folder = tmp_path / "photos"
+    for label, photos in (("cat", [data.chelsea(), data.chelsea()[:, ::-1]]), ("coffee", [data.coffee()]),
+                          ("rocket", [data.rocket()])):
+        (folder / label).mkdir(parents=True)
+        for i, pixels in enumerate(photos):
+            Image.fromarray(np.ascontiguousarray(pixels)).save(folder / label / f"{i}.jpg", "JPEG", quality=90)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RBN_SERVE_")}
+    env["PYTHONPATH"] = str(ROOT)
+    done = subprocess.run([sys.executable, "-m", "service", "ab-eval", str(folder), "--server", photo_server.url,
+                           "--model", RBN, "--corruptions", "none,fog,zoom_blur", "--severities", "2",
+                           "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((tmp_path / "out" / "ab-eval.json").read_text())["rows"]
+    assert {(r["corruption"], r["severity"]) for r in rows} >= {("none", 0), ("fog", 2), ("zoom_blur", 2)}
+    for row in rows:
+        assert row["images"] == 4 and row["agreement"]["successes"] == 4
+        assert row["rbn"] == row["baseline"]  # accuracy (a Rate): the same model twice
