@@ -44,6 +44,7 @@ def test_the_ood_score_is_explained_with_a_legend(browser, page_server, tmp_path
     d = browser
     fresh_page(d, page_server.url, width)
     assert not d.find_element(By.ID, "ood-help").is_displayed()  # nothing to explain before a result
+    assert "28×28 grey images of one garment" in text(d, "#models-know")  # what the models know, before any upload
     upload(d, PHOTO)
     assert d.find_element(By.ID, "file").get_attribute("value").endswith(PHOTO.name)  # not "No file chosen"
     help_text = text(d, "#ood-help")
