@@ -208,6 +208,9 @@ def load_model(bundle: Bundle, settings: Settings, metrics: Metrics, decoder: De
     )
     log.info("model %s v%d (%s) on %s: warmed up batch sizes 1..%d in %.2f s",
              meta.name, meta.version, meta.norm, runtime.provider, max_batch, warm)
+    if meta.ood is None:
+        log.warning("model %s: no OOD calibration in model.json; its answers report an uncalibrated score "
+                    "and flag nothing", meta.name)
     return Model(bundle, runtime, batcher, decoder, metrics)
 
 

@@ -137,7 +137,7 @@ def test_models_lists_the_imagenet_input_spec(client):
     assert spec["mean"] == [0.485, 0.456, 0.406] and spec["invert"] == "never"
 
 
-def test_an_uncalibrated_bundle_reports_energy_unflagged_and_why(client):
+def test_an_uncalibrated_bundle_reports_energy_unflagged_and_why(client, photo_server):
     """The pair has no OOD calibration: the score is the logits' energy, reported as uncalibrated, no flag."""
     photo = Image.fromarray(data.chelsea())
     ood = predict(client, png(photo), "image/png")["ood"]
@@ -148,6 +148,8 @@ def test_an_uncalibrated_bundle_reports_energy_unflagged_and_why(client):
     assert ood["flag"] is None and ood["threshold"] is None
     assert "no OOD calibration" in ood["reason"]
     assert list(ood["stats"]) == ["red", "green", "blue"]
+    assert f"model {RBN}: no OOD calibration in model.json" in photo_server.log()
+    assert f"model {CALIBRATED}: no OOD calibration" not in photo_server.log()
     # the uncalibrated energy is not a calibrated score: it feeds neither the score histogram nor the flag counter
     metrics = client.get("/metrics").text.splitlines()
     assert f'rbn_serve_ood_score_count{{model="{RBN}"}} 0.0' in metrics
