@@ -92,6 +92,7 @@ def test_without_a_label_the_sweep_reads_both_arms_on_the_rbn_clean_answer(brows
     until(d, lambda d: "Label Sneaker" in text(d, "#verdict"), "the labelled comparison")
     d.find_element(By.ID, "sweep").click()
     until(d, lambda d: "the label, Sneaker" in text(d, "#sweep-caption"), "the labelled sweep")
+    d.execute_script("document.getElementById('sweep-section').scrollIntoView()")
     assert d.save_screenshot(str(tmp_path / "sweep-1366.png"))
     assert console_errors(d) == []
 
