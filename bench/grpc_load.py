@@ -13,7 +13,11 @@ protocols; every output requested):
   as raw bytes, a JSON header in front), the bytes tritonclient.http sends, from a minimal asyncio HTTP/1.1
   client on keep-alive connections: tritonclient.http itself (gevent or aiohttp) spends ~11 ms per call at
   concurrency 1 where the server needs ~3, so it would measure the client;
-- ``rest-tritonclient`` (``--tritonclient-http``): the same through ``tritonclient.http.aio``, for reference.
+- ``rest-tritonclient`` (``--tritonclient-http``): the same through ``tritonclient.http.aio``, for reference;
+- ``pytriton-grpc`` (``--pytriton``): the same gRPC client against Triton Inference Server through PyTriton
+  serving the same graph as a tensor model (bench/peers/pytriton_tensor_server.py: dynamic batching with
+  rbn-serve's defaults, batch 32 and 2 ms, one instance, ONNX Runtime with as many threads as rbn-serve's
+  default), in its own venv (``.peers/pytriton``, made by bench/peers/venvs.py when missing).
 
 Each measurement is a fresh client process (``--client-processes`` of them, the concurrency split between
 them) running for ``--seconds`` after a one-second warm-up; the protocols alternate within every round and
@@ -44,7 +48,7 @@ from harness.procs import ServerProcess, free_port  # noqa: E402
 MODEL = "fmnist-resnet20-rbn"
 OUTPUTS = ("logits", "rbn_stats", "rbn_channel_stats", "ood_score")
 PROTOCOLS = ("grpc", "rest")
-CLIENTS = ("grpc", "rest", "rest-tritonclient")
+CLIENTS = ("grpc", "rest", "rest-tritonclient", "pytriton-grpc")
 
 
 def tensor():
@@ -88,7 +92,7 @@ async def _closed_loop(protocol: str, target: str, concurrency: int, seconds: fl
     x = tensor()
     if protocol == "rest":
         connections = [RawRest(target, x) for _ in range(concurrency)]
-    elif protocol == "grpc":
+    elif protocol in ("grpc", "pytriton-grpc"):
         import tritonclient.grpc.aio as client_lib
 
         client = client_lib.InferenceServerClient(target)
@@ -158,6 +162,35 @@ def measure(protocol: str, targets: dict[str, str], concurrency: int, seconds: f
             "errors": sum(r["errors"] for r in results), "client_cpu": sum(r["client_cpu"] for r in results)}
 
 
+def start_pytriton(threads: int) -> tuple[ServerProcess, str]:
+    """PyTriton serving the bundle's graph as a tensor model; (its process, its gRPC target)."""
+    import os
+
+    from bench.peers import venvs
+    from harness.procs import http
+    from service.core.runtime import available_cpus, default_threads
+
+    python = venvs.ensure("pytriton", ROOT / ".peers", log=progress)
+    http_port, grpc_port = free_port(), free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [str(python), str(ROOT / "bench/peers/pytriton_tensor_server.py"), "--http-port", str(http_port),
+            "--grpc-port", str(grpc_port), "--threads", str(threads or default_threads(available_cpus()))]
+    peer = ServerProcess(args, http_port, Path("/tmp") / f"pytriton-{http_port}.log", name="pytriton", cwd=ROOT, env=env)
+
+    def ready() -> bool:
+        try:
+            return http("GET", f"http://127.0.0.1:{http_port}/v2/models/{MODEL}/ready", timeout=2)[0] == 200
+        except OSError:
+            return False
+
+    try:
+        peer.wait_until(ready, 300)
+    except (RuntimeError, TimeoutError):
+        peer.stop()
+        raise
+    return peer, f"127.0.0.1:{grpc_port}"
+
+
 def per_round(points: list[dict]) -> str:
     return ", ".join(f"{p['rps']:.0f}" for p in points)
 
@@ -172,6 +205,9 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     # client mode (internal)
     parser.add_argument("--tritonclient-http", action="store_true", help="also measure REST through tritonclient.http.aio")
+    parser.add_argument("--pytriton", action="store_true", help="also measure PyTriton's gRPC endpoint on the same graph")
+    parser.add_argument("--pytriton-threads", type=int, default=0, help="ONNX Runtime threads per PyTriton instance "
+                        "(0: rbn-serve's default for this machine)")
     parser.add_argument("--client", choices=CLIENTS)
     parser.add_argument("--target")
     parser.add_argument("--warmup", type=float, default=1.0)
@@ -188,6 +224,10 @@ def main() -> None:
                             "--workers", str(args.workers)], http_port, log, cwd=ROOT).wait_ready()
     targets = {"grpc": f"127.0.0.1:{grpc_port}", "rest": f"127.0.0.1:{http_port}", "rest-tritonclient": f"127.0.0.1:{http_port}"}
     protocols = PROTOCOLS + (("rest-tritonclient",) if args.tritonclient_http else ())
+    peer = None
+    if args.pytriton:
+        peer, targets["pytriton-grpc"] = start_pytriton(args.pytriton_threads)
+        protocols += ("pytriton-grpc",)
     runs: dict[tuple[str, int], list[dict]] = {}
     try:
         for rnd in range(args.rounds):
@@ -201,6 +241,8 @@ def main() -> None:
                              f"client CPU {point['client_cpu']:.2f} cores")
     finally:
         server.stop()
+        if peer is not None:
+            peer.stop()
     lines = header(f"gRPC ModelInfer vs REST binary tensors ({MODEL}, 1 image per request, all four outputs)",
                    ("onnxruntime", "grpcio", "tritonclient"),
                    [f"rbn-serve --workers {args.workers}; {args.rounds} rounds x {args.seconds:g} s per point, "
@@ -218,6 +260,9 @@ def main() -> None:
                          f"{statistics.median(p['client_cpu'] for p in points):.2f} | {sum(p['errors'] for p in points)} | "
                          f"{per_round(points)} |")
         lines.append(f"| {concurrency} | **gRPC / REST** | **{medians['grpc'] / medians['rest']:.2f}x** | | | | | |")
+        if "pytriton-grpc" in medians:
+            lines.append(f"| {concurrency} | **gRPC / PyTriton gRPC** | **{medians['grpc'] / medians['pytriton-grpc']:.2f}x** "
+                         "| | | | | |")
     emit(lines, args.out)
 
 
