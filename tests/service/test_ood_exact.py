@@ -154,3 +154,20 @@ def test_an_uncalibrated_bundle_scores_energy_and_flags_nothing():
     assert not scorer_.calibrated and scorer_.threshold is None and scorer_.scores(STATS) is None
     np.testing.assert_allclose(scorer_.uncalibrated_scores(np.array([[0.0, math.log(3.0)]])), [-math.log(4)])
     assert scorer_.verdict(STATS[0], None, -1.0).flag is None
+
+
+def test_a_graph_bundle_reads_the_graphs_own_score_as_float64():
+    ood = {"kind": "graph", "method": "maha+energy", "threshold": 1.5, "calibration_samples": 10, "fit_samples": 20}
+    scorer_ = OodScorer(BundleMeta(**META, ood=ood))
+    assert scorer_.calibrated and scorer_.in_graph and scorer_.threshold == 1.5 and scorer_.reason is None
+    graph = np.array([[1.25], [1.75]], np.float32)  # the graph's ood_score output, (N, 1)
+    scores = scorer_.scores(STATS, graph)
+    assert scores.dtype == np.float64 and scores.shape == (2,) and scores.tolist() == [1.25, 1.75]
+    assert [scorer_.verdict(row, s).flag for row, s in zip(STATS, scores, strict=True)] == [False, True]
+
+
+def test_a_calibrated_bundle_gives_no_reason_and_a_stats_row_must_match_its_layers():
+    scorer_ = OodScorer(BundleMeta(**META, ood=calibration(MEAN, STD).model_dump()))
+    assert scorer_.reason is None and scorer_.uncalibrated_scores(np.zeros((1, 2))) is None
+    with pytest.raises(ValueError):  # a graph whose rbn_stats has another layer count than model.json names
+        scorer_.verdict(np.array([1.0, 2.0]), 0.5)
