@@ -33,6 +33,10 @@ _FILTERS = {
 # stays at least this many times the target, then applies the filter: the cost of a large PNG's
 # resize no longer grows with its pixels, at a difference of about one grey level.
 REDUCING_GAP = 3.0
+# shorter_side_crop resizes the whole image, then crops (torchvision's Resize + CenterCrop, to the pixel),
+# while its longer side stays within this many times resize_size (a 16:1 panorama: 4096 x 256 pixels);
+# beyond, it resamples only the crop's region, so memory and time stay bounded for any aspect ratio.
+MAX_ASPECT = 16
 
 
 class MeanStd(Protocol):
@@ -141,6 +145,13 @@ def resize(image: Image.Image, spec: Spec) -> np.ndarray:
     flt = _FILTERS[spec.interpolation]
     if spec.resize == "shorter_side_crop":
         scaled, (left, top) = crop_geometry(image.width, image.height, spec.resize_size, size)
+        if max(scaled) > MAX_ASPECT * spec.resize_size:
+            # An extreme strip (a 1x16 000 000 image passes the pixel limit) would be resized to 256 wide and
+            # millions high first: resample only the crop's region instead (the same sample positions and
+            # filter; Pillow's coefficients differ from a full resize's by a grey level or two at most).
+            sx, sy = image.width / scaled[0], image.height / scaled[1]
+            box = (left * sx, top * sy, (left + spec.width) * sx, (top + spec.height) * sy)
+            return np.asarray(image.resize(size, flt, box=box, reducing_gap=REDUCING_GAP))
         if image.size != scaled:
             image = image.resize(scaled, flt, reducing_gap=REDUCING_GAP)
         return np.asarray(image)[top : top + spec.height, left : left + spec.width]

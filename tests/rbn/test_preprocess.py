@@ -130,3 +130,29 @@ def test_palette_transparency_is_white():
     out = prepare(reopen(save(palette, "PNG", transparency=0)), InputSpec.imagenet(size=64))
     assert [int(v) for v in out[:, 32, 5]] == [20, 200, 60]
     assert [int(v) for v in out[:, 32, 60]] == [255, 255, 255]
+
+
+def test_an_extreme_strip_is_cropped_without_resizing_it_whole():
+    """A 2 x 500 000 strip (1 MP, within any pixel limit) would be resized to 256 x 64 000 000 (49 GB) before
+    the crop: only the crop's region is resampled. Rows carry their position: the crop shows the middle."""
+    rows = (np.arange(500_000) * 256 // 500_000).astype(np.uint8)
+    strip = Image.fromarray(np.repeat(rows[:, None], 2, axis=1))
+    out = prepare(strip, InputSpec.imagenet())
+    assert out.shape == (3, 224, 224)
+    assert abs(float(out.mean()) - 128) <= 1 and int(out.max()) - int(out.min()) <= 1
+
+
+@pytest.mark.parametrize(("width", "exact"), [(16 * 146, True), (17 * 146, False)])
+def test_panoramas_up_to_16_to_1_are_resized_whole_wider_ones_by_region(width, exact):
+    """146 high: halved to 73 (the longer side to int(73 * width / 146)), then the centre 64x64. Up to
+    16:1 exactly as a plain resize and crop; wider, by region, within two grey levels of it."""
+    pano = Image.fromarray(data.chelsea()).resize((width, 146), Image.Resampling.BICUBIC)
+    out = prepare(pano, SPEC64).astype(int)
+    scaled = int(73 * width / 146)
+    left = int(round((scaled - 64) / 2.0))
+    ref = np.asarray(pano.resize((scaled, 73), Image.Resampling.BILINEAR))[4:68, left : left + 64]
+    ref = ref.transpose(2, 0, 1).astype(int)
+    if exact:
+        np.testing.assert_array_equal(out, ref)
+    else:
+        assert np.abs(out - ref).max() <= 2
