@@ -99,6 +99,15 @@ def send_traffic(url: str, meta: dict) -> None:
     assert http("POST", url + "/predict", b"not an image", {"Content-Type": "text/plain"})[0] == 415
 
 
+def send_grpc_traffic(target: str) -> None:
+    """gRPC calls count in the same series (their route the gRPC method): the dashboard's gRPC panel needs one."""
+    import grpc
+
+    with grpc.insecure_channel(target) as channel:
+        live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
+        assert live(b"", timeout=30) == b"\x08\x01"  # ServerLiveResponse(live=true)
+
+
 BROKEN = "broken-copy"  # a bundle whose model.json names another folder: skipped, counted in bundle_errors
 
 
@@ -119,13 +128,15 @@ def server(served_repository, tmp_path_factory):
     from rbn.contract.corruptions import CORRUPTION_NAMES
 
     tmp = tmp_path_factory.mktemp("metrics")
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     env = {"PATH": f"{VENV_BIN}:/usr/bin:/bin", "HOME": str(tmp), "LANG": "C.UTF-8",
            "RBN_SERVE_MODEL_REPOSITORY": str(served_repository), "RBN_SERVE_HOST": "127.0.0.1",
-           "RBN_SERVE_PORT": str(port), "RBN_SERVE_PROVIDERS": "cpu", "RBN_SERVE_SHADOW_FRACTION": "1.0"}
+           "RBN_SERVE_PORT": str(port), "RBN_SERVE_PROVIDERS": "cpu", "RBN_SERVE_SHADOW_FRACTION": "1.0",
+           "RBN_SERVE_GRPC_PORT": str(grpc_port)}
     server = Server([str(VENV_BIN / "rbn-serve"), "serve"], env, port, tmp / "server.log", cwd=tmp).wait_ready()
     try:
         send_traffic(server.url, {"corruptions": sorted(CORRUPTION_NAMES)[:2]})
+        send_grpc_traffic(f"127.0.0.1:{grpc_port}")
         yield server
     finally:
         assert server.stop() == 0, server.log()
