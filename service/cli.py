@@ -150,7 +150,7 @@ class Command:
 
 
 COMMANDS = (
-    Command("serve", "start the HTTP server", Settings, _serve),
+    Command("serve", "start the server (HTTP; gRPC too with --grpc-port)", Settings, _serve),
     Command("validate", "check bundle folders the way the server loads them", ValidateArgs, _validate),
     Command("models", "write the model bundles shipped in the package into a folder", ModelsArgs, _models),
     Command("ab-eval", "compare a server's RBN model with its baseline on a folder of labelled images (/ab)",
