@@ -5,7 +5,10 @@ after the JSON header must be claimed, and the values are the little-endian floa
 
 from __future__ import annotations
 
+import gzip
 import struct
+import zlib
+from importlib import metadata
 
 import numpy as np
 import orjson
@@ -13,8 +16,9 @@ import pytest
 from asgi_app import RBN_MODEL, app
 
 from rbn.contract.bundle import BundleMeta
-from service.core.errors import InvalidTensor
-from service.core.oip import parse_infer
+from service.core.errors import BodyTooLarge, InvalidTensor
+from service.core.oip import (STEP, InputOutOfRange, ResponseTooLarge, TooManyValues, answer_bytes, count_capped,
+                              decompress, encode_infer, model_metadata, parse_infer, read_infer, server_metadata)
 
 META = BundleMeta(
     name="m", architecture="resnet20", norm="bn", labels=["a", "b", "c"],
@@ -111,3 +115,137 @@ def test_the_app_answers_a_wrong_binary_size_with_400_and_the_reason(served):
         assert r.json() == {"error": f"input 'input': binary_data_size {size} must be 3136 bytes and present in the body"}
     r = infer(served, 3136, image + b"\0\0\0\0")
     assert r.status_code == 400 and r.json() == {"error": "4 bytes of binary data are not claimed by any input"}
+
+
+# --- the rest of the codec, against values worked out by hand -------------------------------------------------
+
+
+def json_request(values: list[float], **extra) -> bytes:
+    return orjson.dumps({**extra, "inputs": [{"name": "input", "shape": [len(values) // 4, 1, 2, 2], "datatype": "FP32",
+                                              "data": values}]})
+
+
+def padded_to_commas(total: int) -> bytes:
+    """A valid 1-image request whose bytes hold exactly ``total`` commas (the rest in its id)."""
+    base = json_request(VALUES[:4], id="")
+    return json_request(VALUES[:4], id="," * (total - base.count(b",")))
+
+
+@pytest.mark.parametrize(("commas", "refused"), [(1027, False), (1028, False), (1029, True)])
+def test_the_value_count_cap_is_exact(commas, refused):
+    """max_images 1 of 1x2x2: 4 values + 1024 of slack = 1028 commas at most."""
+    body = padded_to_commas(commas)
+    assert body.count(b",") == commas
+    for encoding, data in ((None, body), ("gzip", gzip.compress(body))):
+        if refused:
+            with pytest.raises(TooManyValues, match="more values than max_queue_size images"):
+                read_infer(data, encoding, None, META, 1 << 20, max_images=1)
+        else:
+            assert read_infer(data, encoding, None, META, 1 << 20, max_images=1).x.shape == (1, 1, 2, 2)
+
+
+def test_count_capped_counts_across_windows_and_within_bounds():
+    data = b"," * (STEP + 10)
+    assert count_capped(data, b",", STEP + 10) == STEP + 10
+    with pytest.raises(TooManyValues):
+        count_capped(data, b",", STEP + 9)
+    assert count_capped(b",a,,b,", b",", 10, 1, 4) == 2  # bytes 1..3: ",", "," of "a,,b"
+    assert count_capped(b",,,,", b",", 10, 0, 0) == 0
+
+
+@pytest.mark.parametrize(("value", "refused"), [(1e6, False), (-1e6, False), (1.0000001e6, True), (-1.0000001e6, True)])
+def test_the_magnitude_bound_is_inclusive(value, refused):
+    values = [0.0] * (STEP // 4 + 4)  # past the first scan window of STEP // 4 floats
+    values[-1] = value
+    body = json_request(values)
+    if refused:
+        with pytest.raises(InputOutOfRange) as info:
+            parse_infer(body, None, META, max_magnitude=1e6)
+        assert info.value.message == ("input 'input' holds values beyond +-1e+06 (max_input_magnitude); "
+                                      "send preprocessed values")
+        assert info.value.code == "input_out_of_range" and info.value.status == 400
+    else:
+        assert parse_infer(body, None, META, max_magnitude=1e6).x.reshape(-1)[-1] == np.float32(value)
+
+
+def test_answer_bytes_by_hand():
+    # 2 images: logits 3 values as JSON (16 bytes each), rbn_stats 2 values binary (4 bytes each), 128 per entry
+    assert answer_bytes(META, [("logits", False), ("rbn_stats", True)], 2) == 256 + 128 + 2 * 3 * 16 + 128 + 2 * 2 * 4
+    body = json_request(VALUES, outputs=[{"name": "logits"}, {"name": "rbn_stats", "parameters": {"binary_data": True}}])
+    assert parse_infer(body, None, META, max_response_bytes=624).outputs == [("logits", False), ("rbn_stats", True)]
+    with pytest.raises(ResponseTooLarge) as info:
+        parse_infer(body, None, META, max_response_bytes=623)
+    assert info.value.message.startswith("the answer to this request could take 624 bytes, over the server's "
+                                         "max_response_bytes of 623")
+
+
+def test_requested_outputs():
+    def outputs(value, **params):
+        return parse_infer(json_request(VALUES[:4], outputs=value, parameters=params), None, META).outputs
+    assert outputs(None) == [("logits", False), ("rbn_stats", False)]
+    assert outputs(None, binary_data_output=True) == [("logits", True), ("rbn_stats", True)]
+    assert outputs([{"name": "rbn_stats"}]) == [("rbn_stats", False)]
+    assert outputs([{"name": "logits", "parameters": {"binary_data": True}}], binary_data_output=False) == [("logits", True)]
+    assert outputs([{"name": "logits", "parameters": {"binary_data": False}}], binary_data_output=True) == [("logits", False)]
+    for bad, message in (([], "'outputs' must be a non-empty list"), ({"name": "logits"}, "'outputs' must be a non-empty list"),
+                         ([{"name": "nope"}], "unknown output 'nope'; the model gives logits, rbn_stats"),
+                         ([{"name": "logits"}, {"name": "logits"}], "output 'logits' is requested more than once"),
+                         ([{"name": "logits", "parameters": {"classification": 2}}], "the classification extension"),
+                         ([{"name": "logits", "parameters": {"binary_data": "yes"}}],
+                          "parameter 'binary_data' must be true or false")):
+        with pytest.raises(InvalidTensor) as info:
+            outputs(bad)
+        assert info.value.message.startswith(message), (bad, info.value.message)
+    with pytest.raises(InvalidTensor, match="'outputs' lists 3 entries but the model gives 2 outputs"):
+        outputs([{"name": "logits"}, {"name": "rbn_stats"}, {"name": "logits"}])
+
+
+def test_encode_infer_json_and_binary_exactly():
+    parsed = parse_infer(json_request(VALUES[:4], id="req-1", outputs=[
+        {"name": "logits"}, {"name": "rbn_stats", "parameters": {"binary_data": True}}]), None, META)
+    logits = np.array([[0.5, -1.0, 2.0]], np.float32)
+    stats = np.array([[1.5, -0.25]], np.float32)
+    body, headers, media = encode_infer(META, parsed, {"logits": logits, "rbn_stats": stats})
+    head = orjson.dumps({"model_name": "m", "model_version": "1", "id": "req-1", "outputs": [
+        {"name": "logits", "datatype": "FP32", "shape": [1, 3], "data": [0.5, -1.0, 2.0]},
+        {"name": "rbn_stats", "datatype": "FP32", "shape": [1, 2], "parameters": {"binary_data_size": 8}}]})
+    assert body == head + struct.pack("<2f", 1.5, -0.25)
+    assert headers == {"Inference-Header-Content-Length": str(len(head))} and media == "application/octet-stream"
+    only_json = parse_infer(json_request(VALUES[:4], outputs=[{"name": "logits"}]), None, META)
+    body, headers, media = encode_infer(META, only_json, {"logits": logits, "rbn_stats": stats})
+    assert orjson.loads(body) == {"model_name": "m", "model_version": "1", "outputs": [
+        {"name": "logits", "datatype": "FP32", "shape": [1, 3], "data": [0.5, -1.0, 2.0]}]}
+    assert headers == {} and media == "application/json"
+
+
+def test_metadata_exactly():
+    assert server_metadata() == {"name": "rbn-serve", "version": metadata.version("rbn-serve"),
+                                 "extensions": ["binary_tensor_data"]}
+    assert model_metadata(META) == {
+        "name": "m", "versions": ["1"], "platform": "onnxruntime_onnx",
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 2, 2]}],
+        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 3]},
+                    {"name": "rbn_stats", "datatype": "FP32", "shape": [-1, 2]}]}
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "GZIP", " gzip "])
+def test_decompress_limit_is_exact(encoding):
+    raw = b"x" * 5000
+    packed = gzip.compress(raw) if encoding.strip().lower() == "gzip" else zlib.compress(raw)
+    assert decompress(packed, encoding, 5000) == raw
+    with pytest.raises(BodyTooLarge, match="decompressed request body exceeds the limit of 4999 bytes"):
+        decompress(packed, encoding, 4999)
+
+
+def test_decompress_refusals():
+    assert decompress(b"abc", None, 1) == b"abc" and decompress(b"abc", "identity", 1) == b"abc"
+    with pytest.raises(InvalidTensor, match="unsupported Content-Encoding 'br'; use gzip or deflate"):
+        decompress(b"abc", "br", 100)
+    with pytest.raises(InvalidTensor, match="cannot decompress the gzip body"):
+        decompress(b"not gzip at all", "gzip", 100)
+    with pytest.raises(InvalidTensor, match="truncated compressed body: the gzip stream ends before its end marker"):
+        decompress(gzip.compress(b"y" * 1000)[:-8], "gzip", 10_000)
+    big = gzip.compress(b"," * (3 * STEP))  # inflates in 1 MiB steps: the comma cap stops it at the first
+    with pytest.raises(TooManyValues):
+        decompress(big, "gzip", 10 * STEP, max_commas=STEP - 1)
+    assert len(decompress(big, "gzip", 10 * STEP, max_commas=3 * STEP)) == 3 * STEP
