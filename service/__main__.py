@@ -2,4 +2,5 @@ import sys
 
 from service.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a decode worker process (multiprocessing forkserver) imports the main module
+    sys.exit(main())

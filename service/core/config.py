@@ -135,6 +135,12 @@ class Settings(BaseSettings):
     """Uploads and uncompressed /v2 bodies of up to this many bytes are opened and parsed on the event loop; larger ones (and every compressed body) in the decode pool."""
     decode_queue_size: int = Field(64, ge=0)
     """Decode jobs waiting for a pool thread at most; beyond it 503 decode_busy with Retry-After, at once."""
+    decode_timeout_s: float = Field(10.0, ge=0.0)
+    """Longest time one file may take to decode in the pool (from when a worker takes it). The pool's work then runs in
+    worker processes (one per pool thread) that are killed and replaced when it passes or decode_cpu_s does (422
+    decode_timeout, metric reason decode_timeout) or when the client leaves; 0: decode in the pool's threads, unstoppable."""
+    decode_cpu_s: float = Field(2.0, gt=0.0)
+    """CPU seconds one file may take to decode in a worker process (with decode_timeout_s > 0): 422 decode_timeout beyond."""
     max_request_pixels: int = Field(4096 * 4096, ge=64)
     """Pixels of all the images of one request together (width x height summed over files), checked before decoding (413 beyond it)."""
 

@@ -23,9 +23,10 @@ import numpy as np
 from PIL import Image
 
 from rbn.contract.bundle import InputSpec
-from service.core import imagecheck
+from service.core import context, imagecheck
 from service.core.compare import corrupt_images
 from service.core.config import Settings
+from service.core.decodeproc import Processes
 from service.core.errors import DecodeBusy, ServiceError, TooManyPixels
 from service.core.imaging import open_image, render
 from service.core.runtime import available_cpus
@@ -91,6 +92,10 @@ class Decoder:
         self.inline_bytes = settings.inline_body_bytes
         threads = settings.decode_threads or max(1, min(4, available_cpus()))
         self.pool = Pool(threads, settings.decode_queue_size, settings.retry_after_s)
+        self.decode_timeout_s, self.decode_cpu_s = settings.decode_timeout_s, settings.decode_cpu_s
+        self.processes = Processes(threads) if settings.decode_timeout_s > 0 else None
+        if self.processes is not None:  # the forkserver and its workers start beside the models' loading
+            threading.Thread(target=self.processes.start, name="decode-processes", daemon=True).start()
 
     def _open(self, data: bytes) -> Image.Image:
         imagecheck.check(data)
@@ -103,6 +108,8 @@ class Decoder:
 
     async def decode(self, uploads: list[Upload], spec: InputSpec) -> np.ndarray:
         """uint8 (N, C, H, W) for ``spec``; an error names the file when there are several."""
+        if self.processes is not None:
+            return await self._decode_stoppable(uploads, spec)
         count = len(uploads)
         images: list[Image.Image | None] = [None] * count
         large, inline = [], [False] * count
@@ -139,6 +146,41 @@ class Decoder:
                 out[i] = pixels
         return out
 
+    async def _decode_stoppable(self, uploads: list[Upload], spec: InputSpec) -> np.ndarray:
+        """``decode`` with the pool's work in killable processes (``service.core.decodeproc``): small plain files
+        on the event loop as before, every other file decoded whole in a worker process under the request's
+        deadline (``decode_timeout_s``); the request's pixel budget is then checked on what was decoded."""
+        count = len(uploads)
+        out = np.empty((count, spec.channels, spec.height, spec.width), np.uint8)
+        pixels, remote = [0] * count, []
+        for i, upload in enumerate(uploads):
+            try:
+                if self._inline(upload.data):
+                    image = open_image(upload.data, self.max_pixels)
+                    pixels[i] = image.width * image.height
+                    if pixels[i] <= self.inline_pixels:
+                        out[i] = render(image, spec)
+                        continue
+            except ServiceError as exc:
+                raise _for_file(exc, i, upload, count) from None
+            remote.append(i)
+        if remote:
+            current = context.current.get()
+            gone = None if current is None else current.client_gone
+            processes, cap, timeout_s, cpu_s = self.processes, self.max_pixels, self.decode_timeout_s, self.decode_cpu_s
+
+            def job(data: bytes) -> tuple[np.ndarray, int]:
+                return processes.decode(data, spec, cap, timeout_s, cpu_s, gone)
+
+            done = await self._in_pool(job, [uploads[i].data for i in remote], remote, uploads)
+            for i, (decoded, size) in zip(remote, done, strict=True):
+                out[i], pixels[i] = decoded, size
+        total = sum(pixels)
+        if total > self.max_request_pixels:
+            raise TooManyPixels(f"the request's {count} image(s) hold {total} pixels together; "
+                                f"the limit is {self.max_request_pixels} per request")
+        return out
+
     async def _in_pool(self, fn: Callable[..., T], items: list, indices: list[int], uploads: list[Upload]) -> list[T]:
         """``fn`` over ``items`` (the files at ``indices``) in the pool; the first failure raised, naming its file."""
         results = await self.pool.map(fn, items)
@@ -159,6 +201,8 @@ class Decoder:
 
     def shutdown(self) -> None:
         self.pool.shutdown()
+        if self.processes is not None:
+            self.processes.shutdown()
 
 
 def lower_priority(step: int = 10) -> None:

@@ -16,6 +16,8 @@ refused connection open and logs a warning per request. So, per connection:
   ``Retry-After`` once its body is read, then the connection is closed; it never reaches the app.
   Probes (``PROBES``: /healthz, /readyz, the protocol's health routes) are never refused by the cap:
   an orchestrator that cannot reach them would restart a server that is only busy.
+* **client gone**: reading resumes once a request's body is complete, so the end of a client that left
+  is seen while its request is processed (``context.client_gone``), after a large body too.
 * **send deadline**: once an answer fills the transport's buffer (asyncio's ``pause_writing``), the
   client must take it within ``write_timeout_s``; a client that does not read is cut off
   (``transport.abort()``: the buffered answer is freed at once, the route's next ``send`` finds the
@@ -198,6 +200,11 @@ def guarded_protocol(read_timeout_s: float, max_connections: int, retry_after_s:
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
+            # uvicorn pauses reading while a body is over its high-water mark and resumes only in the next
+            # receive(), which a route that has its whole body never calls: reading stayed paused, so a client
+            # that left was never noticed (no EOF read) while its request was processed. A pipelined request
+            # pauses reading again (uvicorn), so reading on costs nothing more than the head limits allow.
+            self.flow.resume_reading()
             self._receiving = False
             self._since = None
             if self._refusing:

@@ -53,3 +53,9 @@ def test_flow_control_and_connection_lost_release_a_blocked_send():
     assert "self.flow.resume_writing()" in source(HttpToolsProtocol.resume_writing)
     lost = source(HttpToolsProtocol.connection_lost)
     assert "self.cycle.disconnected = True" in lost and "self.flow.resume_writing()" in lost
+
+
+def test_a_body_over_the_high_water_mark_pauses_reading_until_the_next_receive():
+    """Why on_message_complete resumes reading: uvicorn resumes it only in receive()."""
+    assert "self.flow.pause_reading()" in source(HttpToolsProtocol.on_body)
+    assert "self.flow.resume_reading()" in source(RequestResponseCycle.receive)
