@@ -183,7 +183,7 @@ def help_group(name: str) -> str:
     for title, names in HELP_GROUPS.items():
         if name in names:
             return title
-    return "limits" if name.startswith(_LIMIT_WORDS) else "server"
+    return "limits" if name.startswith(_LIMIT_WORDS) or "_timeout" in name else "server"  # write_timeout_s, ...
 
 
 def _metavar(name: str, annotation: Any) -> str | None:
