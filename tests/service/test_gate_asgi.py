@@ -137,3 +137,18 @@ def test_request_metrics_count_route_model_and_status_class(gated):
     assert metric(text, "rbn_serve_requests_total", route="/predict", model=RBN_MODEL, status="2xx") == ok + 1
     assert metric(text, "rbn_serve_requests_total", route="unmatched", model="", status="4xx") == bad + 1
     assert gated.state.in_flight == 0
+
+
+def test_an_exception_no_route_handled_is_the_generic_500_with_its_request_id(gated):
+    async def boom():
+        raise RuntimeError("secret detail of the failure")
+
+    if not any(getattr(r, "path", None) == "/test-boom" for r in gated.app.routes):
+        gated.app.add_api_route("/test-boom", boom)
+    before = metric(gated.metrics_text(), "rbn_serve_requests_total", route="/test-boom", model="", status="5xx")
+    r = gated.raw("GET", "/test-boom", [(b"x-request-id", b"boom-1")])
+    assert r.status == 500
+    assert r.json()["error"]["code"] == "internal" and "secret detail" not in r.body.decode()
+    assert r.headers["x-request-id"] == "boom-1" and r.headers["x-content-type-options"] == "nosniff"
+    after = metric(gated.metrics_text(), "rbn_serve_requests_total", route="/test-boom", model="", status="5xx")
+    assert after == before + 1 and gated.state.in_flight == 0
