@@ -159,8 +159,9 @@ class ServiceState:
     def _fail(self, message: str) -> None:
         self.phase = "failed"
         self.fatal = message
-        log.critical(message)
-        if self.on_fatal is not None:
+        if self.on_fatal is None:
+            log.critical(message)
+        else:  # the server runner says it (once, with --workers) and exits 1
             self.on_fatal(message)
 
     def unfinished(self) -> list[str]:

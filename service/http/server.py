@@ -28,7 +28,7 @@ from service.core.dataplane import DataPlane
 from service.http.connections import HeadLimits, guarded_protocol
 from service.core.metrics import Metrics
 from service.http.middleware import UNMATCHED
-from service.http.workers import CannotStart, Supervisor, listen
+from service.http.workers import CannotStart, Supervisor, listen, say_cannot_start
 from service.core.state import ServiceState, StartupError
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class DrainingServer(uvicorn.Server):
         self._draining = False
         state.on_fatal = self._fatal
         self.failed = False
+        self.fatal: str | None = None  # why the models could not be loaded: the server could not start
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
@@ -95,6 +96,7 @@ class DrainingServer(uvicorn.Server):
 
     def _fatal(self, message: str) -> None:
         self.failed = True
+        self.fatal = message
         self.should_exit = True
 
 
@@ -156,6 +158,8 @@ def serve_worker(settings: Settings, sock: socket.socket, metrics: Metrics | Non
     server = DrainingServer(config, state, settings.drain_delay_s,
                             None if side is None else side(settings, state, app.state.plane))
     server.run(sockets=[sock])
+    if server.fatal is not None:
+        say_cannot_start(server.fatal, log)  # one line (with --workers, from the first worker only)
     code = 1 if server.failed or not server.started else 0
     unfinished = app.state.service.unfinished()
     if unfinished:

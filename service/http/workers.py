@@ -60,6 +60,19 @@ CANNOT_START = "cannot-start"  # in the metrics folder: the first worker that co
 METRICS_PREFIX = "rbn-serve-metrics-"  # + the supervisor's pid + "-": folders of dead supervisors are removed at start
 
 
+_claim_folder: Path | None = None  # in a worker: the supervisor's folder, where the first "cannot start" is claimed
+
+
+def say_cannot_start(reason: str, logger: logging.Logger = log) -> None:
+    """Log ``cannot start: <reason>``; in a worker only if no other worker has said it (they all meet the same cause)."""
+    if _claim_folder is not None:
+        try:
+            os.close(os.open(_claim_folder / CANNOT_START, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+    logger.critical("cannot start: %s", reason)
+
+
 class CannotStart(Exception):
     """The server cannot start (port, address, key file, bundles): logged as one ``cannot start: ...``
     line, exit 1, by whoever runs the server (``serve``, or once for all workers here)."""
@@ -235,7 +248,9 @@ class Supervisor:
 
     # --- worker -----------------------------------------------------------------------------
     def _worker(self, index: int, sock: socket.socket, folder: Path) -> None:
+        global _claim_folder
         code = 1
+        _claim_folder = folder
         try:
             for sig in STOP_SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
@@ -247,11 +262,7 @@ class Supervisor:
             sock.close()  # the parent's reservation: this worker listens on its own socket
             code = self.serve_worker(worker_settings(self.settings), own, Metrics(folder))
         except CannotStart as exc:  # every worker meets the same cause: only the first one says it
-            try:
-                os.close(os.open(folder / CANNOT_START, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                log.critical("cannot start: %s", exc)
-            except FileExistsError:
-                pass
+            say_cannot_start(str(exc))
         except BaseException:  # noqa: BLE001 - a worker must leave through os._exit, whatever happened
             log.exception("worker %d failed", index)
         finally:

@@ -104,3 +104,21 @@ def test_bad_bundle(tmp_path, workers):
     (tmp_path / "models" / "broken" / "model.json").write_text("{not json")
     done = start(tmp_path, workers, repo=tmp_path / "models")
     assert_one_line(done, "no servable bundle in", "broken")
+
+
+@WORKERS
+def test_a_graph_onnx_runtime_cannot_load(tmp_path, workers):
+    """Valid model.json and hash, a graph ONNX Runtime refuses: found while loading, after the port opened."""
+    import json
+
+    from rbn.contract.bundle import write_bundle
+
+    fields = json.loads((ROOT / "models" / "fmnist-resnet20-bn" / "model.json").read_text())
+    fields.pop("onnx_sha256")
+    write_bundle(tmp_path / "models", fields, b"not an onnx graph")
+    done = start(tmp_path, workers, repo=tmp_path / "models")
+    output = done.stdout + done.stderr
+    lines = [line for line in output.splitlines() if "cannot start:" in line]
+    assert done.returncode == 1 and len(lines) == 1, output
+    assert "loading models failed" in lines[0] and "cannot load the graph" in lines[0], output
+    assert "Traceback" not in output and "terminate called" not in output, output
