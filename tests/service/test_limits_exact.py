@@ -69,6 +69,8 @@ BOUNDS: dict[str, tuple[float, float | None, float]] = {
     "grpc_port": (0, 65535, 1),
     "grpc_max_message_bytes": (1024, None, 1),
     "grpc_max_concurrent_rpcs": (1, None, 1),
+    "decode_timeout_s": (0.0, None, 1e-9),
+    "decode_cpu_s": (5e-324, None, 5e-324),
 }
 # Lowering these below their defaults needs the fields they must hold to come down too.
 SMALL_QUEUE = {"max_queue_size": {"max_batch_size": 1, "max_files": 1}}
