@@ -249,3 +249,105 @@ def test_decompress_refusals():
     with pytest.raises(TooManyValues):
         decompress(big, "gzip", 10 * STEP, max_commas=STEP - 1)
     assert len(decompress(big, "gzip", 10 * STEP, max_commas=3 * STEP)) == 3 * STEP
+
+
+META3 = BundleMeta(
+    name="m3", architecture="resnet20", norm="bn", labels=["a", "b"],
+    input=dict(channels=3, height=2, width=2, mean=[0.0] * 3, std=[1.0] * 3), stats_layers=["l1"], onnx_sha256="0" * 64,
+)
+
+
+def test_the_value_cap_counts_every_dimension():
+    """3 channels of 2x2 and max_images 2: 2 * 12 + 1024 = 1048 commas at most."""
+    values = [0.0] * 12
+    base = orjson.dumps({"id": "", "inputs": [{"name": "input", "shape": [1, 3, 2, 2], "datatype": "FP32", "data": values}]})
+    for total, refused in ((1048, False), (1049, True)):
+        body = orjson.dumps({"id": "," * (total - base.count(b",")),
+                             "inputs": [{"name": "input", "shape": [1, 3, 2, 2], "datatype": "FP32", "data": values}]})
+        assert body.count(b",") == total
+        if refused:
+            with pytest.raises(TooManyValues) as info:
+                read_infer(body, None, None, META3, 1 << 20, max_images=2)
+            assert info.value.message == ("the JSON request holds more values than max_queue_size images; "
+                                          "split the request")
+        else:
+            assert read_infer(body, None, None, META3, 1 << 20, max_images=2).x.shape == (1, 3, 2, 2)
+
+
+def test_commas_in_the_binary_tail_are_not_json_values():
+    comma_floats = struct.pack("<f", struct.unpack("<f", b",,,,")[0]) * 8  # 32 bytes, every one 0x2C
+    assert comma_floats.count(b",") == 32
+    body, length = binary(32, comma_floats)
+    for encoding, data in ((None, body), ("gzip", gzip.compress(body))):
+        parsed = read_infer(data, encoding, length, META, 1 << 20, max_images=1)  # cap 1028: only the JSON counts
+        assert parsed.x.shape == (2, 1, 2, 2)
+
+
+def test_read_infer_passes_the_magnitude_and_needs_no_cap():
+    body = json_request([0.0, 0.0, 0.0, 2e6])
+    with pytest.raises(InputOutOfRange):
+        read_infer(body, None, None, META, 1 << 20, max_magnitude=1e6)
+    assert read_infer(gzip.compress(body), "gzip", None, META, 1 << 20).x.reshape(-1)[-1] == np.float32(2e6)
+
+
+def test_a_request_level_parameters_must_be_an_object():
+    with pytest.raises(InvalidTensor) as info:
+        parse_infer(json_request(VALUES[:4], parameters=[1]), None, META)
+    assert info.value.message == "'parameters' must be an object"
+
+
+def test_named_outputs_take_the_request_default_and_the_duplicate_message_is_exact():
+    body = json_request(VALUES[:4], outputs=[{"name": "rbn_stats"}], parameters={"binary_data_output": True})
+    assert parse_infer(body, None, META).outputs == [("rbn_stats", True)]
+    body = json_request(VALUES[:4], outputs=[{"name": "logits"}, {"name": "rbn_stats"}, {"name": "logits"}])
+    with pytest.raises(InvalidTensor) as info:
+        parse_infer(body, None, META)
+    assert info.value.message == ("'outputs' lists 3 entries but the model gives 2 outputs (logits, rbn_stats): an "
+                                  "output is requested more than once; name each output once")
+
+
+def test_binary_outputs_are_little_endian_float32_back_to_back():
+    parsed = parse_infer(json_request(VALUES[:4], parameters={"binary_data_output": True}), None, META)
+    logits = np.array([[0.5, -1.0, 2.0]], np.float64)  # float64 in: four bytes each out
+    stats = np.array([[1.5, -0.25]], np.float32)
+    body, headers, _ = encode_infer(META, parsed, {"logits": logits, "rbn_stats": stats})
+    head = int(headers["Inference-Header-Content-Length"])
+    assert body[head:] == struct.pack("<3f", 0.5, -1.0, 2.0) + struct.pack("<2f", 1.5, -0.25)
+    entries = orjson.loads(body[:head])["outputs"]
+    assert [e["parameters"]["binary_data_size"] for e in entries] == [12, 8]
+
+
+def test_gzip_means_gzip_and_the_limit_is_on_the_total():
+    with pytest.raises(InvalidTensor, match="cannot decompress the gzip body"):
+        decompress(zlib.compress(b"x" * 100), "gzip", 1000)  # zlib data labelled gzip
+    packed = gzip.compress(b"x" * (3 * STEP))
+    assert len(decompress(packed, "gzip", 3 * STEP)) == 3 * STEP
+    with pytest.raises(BodyTooLarge):
+        decompress(packed, "gzip", 2 * STEP)  # every 1 MiB step is below the limit, the total is not
+    commas = gzip.compress(b"," * (3 * STEP))
+    with pytest.raises(TooManyValues):
+        decompress(commas, "gzip", 10 * STEP, max_commas=2 * STEP)  # counted over the steps, not per step
+
+
+def test_inflating_stops_at_the_limit_without_inflating_the_rest():
+    """A 64 MiB bomb against a 1 MiB limit: at most a step or two is ever held in memory."""
+    import tracemalloc
+
+    bomb = gzip.compress(bytes(64 * STEP))
+    tracemalloc.start()
+    try:
+        with pytest.raises(BodyTooLarge):
+            decompress(bomb, "gzip", STEP)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * STEP, peak
+    bomb = gzip.compress(b"," * (16 * STEP))
+    tracemalloc.start()
+    try:
+        with pytest.raises(TooManyValues):
+            read_infer(bomb, "gzip", None, META, 32 * STEP, max_images=1)  # the comma cap stops the inflating
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * STEP, peak
