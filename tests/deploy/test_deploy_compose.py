@@ -130,8 +130,8 @@ def test_prometheus_and_gateway_find_every_replica_on_the_image_port(gpu_config)
     assert re.search(r"bind :8000\b", cfg)
     # gRPC: HTTP/2 to every replica's gRPC port, checked on its HTTP port's /readyz
     assert re.search(rf"bind :{grpc_port} proto h2\b", cfg)
-    assert re.search(rf"server-template \S+ \d+-\d+ api:{grpc_port} proto h2\b", cfg)
-    assert re.search(rf"default-server check port {port} check-proto h1\b", cfg)
+    assert re.search(rf"server-template \S+ \d+-\d+ api:{grpc_port} proto h2 check-proto h1\b", cfg)
+    assert re.search(rf"default-server check port {port}\b", cfg)
 
 
 def haproxy_seconds(value: str) -> float:
