@@ -137,8 +137,11 @@ def run_module(work: Module, children: int, source: str) -> Outcome:
     log = OUT / f"{work.name}.log"
     started = time.monotonic()
     with open(log, "wb") as f:
+        # One thread per library: each mutant's check is forked from mutmut's warm process, and a fork after
+        # torch or ONNX Runtime started their thread pools can hang the child.
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         done = subprocess.run([str(mutmut), "run", "--max-children", str(children)], cwd=dest, stdout=f,
-                              stderr=subprocess.STDOUT, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+                              stderr=subprocess.STDOUT, env=env)
     seconds = time.monotonic() - started
     if done.returncode != 0:
         print(f"mutation: {work.name}: mutmut exited {done.returncode}; see {log}", file=sys.stderr)
