@@ -102,6 +102,9 @@ def export_onnx(
         warnings.simplefilter("ignore", FutureWarning)
         # The per-layer channel counts in rbn.library.stats are constants of the architecture.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # The exporter's own notes on graphs it cannot simplify further (EfficientNet's padding Slices:
+        # "Constant folding - Only steps=1 can be constant folded"): about its internals, not the model.
+        warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
         torch.onnx.export(
             wrapper,
             (example,),

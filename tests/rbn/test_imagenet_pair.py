@@ -38,12 +38,24 @@ def chelsea_jpeg() -> bytes:
     return buffer.getvalue()
 
 
-def torch_top5(jpeg: bytes, meta) -> list[int]:
+def torch_logits(jpeg: bytes, meta) -> tuple[np.ndarray, np.ndarray]:
+    """(the tensor the service makes of the photo, torch's eval-mode logits on it)."""
     pixels = prepare(Image.open(io.BytesIO(jpeg)), meta.input)
-    x = torch.from_numpy(Normalizer(meta.input)(pixels[None]))
+    x = Normalizer(meta.input)(pixels[None])
     with torch.no_grad():
-        logits = build_model("efficientnet-lite0").model(x)[0]
-    return logits.topk(5).indices.tolist()
+        return x, build_model("efficientnet-lite0").model(torch.from_numpy(x)).numpy()
+
+
+def test_both_graphs_compute_torchs_logits(repository):
+    import onnxruntime as ort
+
+    from rbn.contract.bundle import onnx_path
+
+    meta = validate_bundle(repository / PAIR[0])
+    x, want = torch_logits(chelsea_jpeg(), meta)
+    for name in PAIR:
+        session = ort.InferenceSession(str(onnx_path(repository / name, 1)), providers=["CPUExecutionProvider"])
+        assert np.abs(session.run(["logits"], {"input": x})[0] - want).max() <= 1e-4
 
 
 @pytest.mark.timeout(1200)
@@ -54,7 +66,7 @@ def test_the_pair_serves_photos_with_torchs_answers_and_agrees_on_ab(repository,
     assert rbn.evaluation["conversion_max_abs_logit_difference"] <= 1e-5
     assert bn.input.resize == "shorter_side_crop" and bn.input.channels == 3 and bn.input.invert == "never"
     jpeg = chelsea_jpeg()
-    want = torch_top5(jpeg, bn)
+    want = np.argsort(-torch_logits(jpeg, bn)[1][0])[:5].tolist()
     assert {bn.labels[i] for i in want[:3]} & {"tabby", "tiger cat", "Egyptian cat"}
     server = RbnServe(tmp_path / "server.log", model_repository=repository, primary_model=PAIR[1])
     try:

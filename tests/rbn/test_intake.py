@@ -182,3 +182,14 @@ def test_efficientnet_lite0_is_pretrained_and_takes_minus_one_to_one():
     assert np.allclose(lite.mean, 127 / 255) and np.allclose(lite.std, 128 / 255)
     bn = next(m for m in lite.model.modules() if isinstance(m, nn.BatchNorm2d))
     assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))  # trained statistics, not init
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("norm", ["bn", "rbn"])
+def test_project_resnet50_at_224_exports_exactly(norm):
+    """ResNet-50 at its real size: the folded graph's logits equal torch eval within 1e-4."""
+    model = randomize_norms(intake.build_model(f"resnet50-{norm}").model, seed=4)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        want = model(x).numpy()
+    assert np.abs(ort_logits(export_onnx(model, input_shape=(3, 224, 224)), x) - want).max() <= 1e-4
