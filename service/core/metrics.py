@@ -208,7 +208,7 @@ class LiveState:
         queues = self.queues.items()
         return [
             ("ready", "1 when models are loaded and warm and the server is not draining", [], [([], int(self.ready))]),
-            ("requests_in_flight", "HTTP requests being handled", [], [([], self.in_flight)]),
+            ("requests_in_flight", "Requests being handled (HTTP requests and gRPC calls)", [], [([], self.in_flight)]),
             ("queue_depth", "Images waiting in the batch queue", ["model"], [([m], q) for m, (q, _) in queues]),
             ("batches_in_flight", "Batches running in ONNX Runtime", ["model"], [([m], b) for m, (_, b) in queues]),
         ]

@@ -62,6 +62,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         token = request_context.enter(ctx)
         start = time.perf_counter()
         status, labels = 200, {"model": ""}
+        self.state.in_flight += 1
         try:
             if not open_:
                 self._check_key(metadata)
@@ -78,6 +79,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             context.set_trailing_metadata(trailing)
             await context.abort(grpc_code, message)
         finally:
+            self.state.in_flight -= 1
             request_context.leave(token)
             self.state.metrics.observe_request(route(method), labels["model"], status, time.perf_counter() - start)
 
@@ -173,6 +175,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             token = request_context.enter(ctx)
             start = time.perf_counter()
             status, labels = 200, {"model": ""}
+            self.state.in_flight += 1
             try:
                 answer = pb.ModelStreamInferResponse(infer_response=await self._infer(request, labels))
             except BaseException as exc:  # CancelledError too: the client left mid-stream (counted, then re-raised)
@@ -184,6 +187,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     raise
                 answer = pb.ModelStreamInferResponse(error_message=message)
             finally:
+                self.state.in_flight -= 1
                 request_context.leave(token)
                 self.state.metrics.observe_request(method, labels["model"], status, time.perf_counter() - start)
             yield answer

@@ -184,6 +184,7 @@ def test_deadline_and_cancellation_drop_the_queued_request(slow):
     busy[0, 0, 0, 0] = STEPS
     held = client.async_infer(SLOW, [tensor(busy)], callback=lambda result, error: None)  # holds the one instance
     wait_until(lambda: metric(metrics(slow), f'rbn_serve_batches_in_flight{{model="{SLOW}"}}') == 1)
+    assert metric(metrics(slow), "rbn_serve_requests_in_flight") == 2  # the held gRPC call and this /metrics request
     zeros = np.zeros((1, 1, 28, 28), np.float32)
     before = dropped(slow)
     started = time.monotonic()
