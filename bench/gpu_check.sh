@@ -76,6 +76,13 @@ case "${1:-}" in
     ;;
   --stage)
     "$PYTHON" bench/gpu_stage.py --receive "$STAGE_SRC" "$STAGE_DIR" || exit 2
+    # The exports run in torch's interpreter without $SITE (its compiled wheels are the measuring Python's);
+    # the one pure-Python package they need from the staged wheels (EfficientNet-Lite0's architecture) is
+    # unpacked beside them instead.
+    for w in "$STAGE_DIR"/wheels/efficientnet_lite_pytorch-*.whl; do
+      [ -e "$w" ] && "$PYTHON" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' \
+        "$w" "$STAGE_DIR/export-site"
+    done
     # The exports need torch only, not the wheel still on its way: start them now, in their own session (a
     # call's processes end with it, a setsid one runs on while the machine stays warm), so that they run
     # during the staging calls, which the lease pays for anyway. The last call takes what they finished.
@@ -83,10 +90,11 @@ case "${1:-}" in
     if [ "${GPU_CHECK_EXPORT_AHEAD:-1}" = 1 ] && mkdir -p "$STAGE_DIR" && mkdir "$ahead" 2>/dev/null; then
       setsid nohup bash -c '
         for arch in $0; do
-          env PYTHONPATH="$2" timeout 240 "$1" bench/gpu_bench.py --export-only "$3/$arch.tmp" --arch "$arch" \
+          env PYTHONPATH="$2:$4" timeout 240 "$1" bench/gpu_bench.py --export-only "$3/$arch.tmp" --arch "$arch" \
             && mv "$3/$arch.tmp" "$3/$arch"
         done
-        touch "$3/done"' "$ARCHS" "$EXPORT_PYTHON" "$ROOT" "$ahead" > "$STAGE_DIR/graphs-ahead.log" 2>&1 < /dev/null &
+        touch "$3/done"' "$ARCHS" "$EXPORT_PYTHON" "$ROOT" "$ahead" "$STAGE_DIR/export-site" \
+        > "$STAGE_DIR/graphs-ahead.log" 2>&1 < /dev/null &
       echo $! > "$ahead/pid"
       echo "[stage] exporting $ARCHS ahead in the background (pid $(cat "$ahead/pid"), log $STAGE_DIR/graphs-ahead.log)" >&2
     fi
@@ -224,7 +232,8 @@ export_arch() {
     echo "$1: no graphs from the export ahead ($(tail -n 3 "$STAGE_DIR/graphs-ahead.log" 2>/dev/null | tr '\n' ' ')); exporting now"
   fi
   # torch's interpreter, without $SITE (its packages are the measuring Python's, which may differ)
-  env PYTHONPATH="$ROOT" "$EXPORT_PYTHON" bench/gpu_bench.py --export-only "$GRAPHS/$1" --arch "$1" --providers "$PROVIDER"
+  env PYTHONPATH="$ROOT:$STAGE_DIR/export-site" "$EXPORT_PYTHON" bench/gpu_bench.py --export-only "$GRAPHS/$1" \
+    --arch "$1" --providers "$PROVIDER"
 }
 
 # the steps run under `timeout`, in a child bash: it needs these
