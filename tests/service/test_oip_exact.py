@@ -351,3 +351,42 @@ def test_inflating_stops_at_the_limit_without_inflating_the_rest():
     finally:
         tracemalloc.stop()
     assert peak < 8 * STEP, peak
+
+
+def tensor_request(**fields) -> bytes:
+    tensor = {"name": "input", "shape": [2, 1, 2, 2], "datatype": "FP32", "data": VALUES}
+    tensor.update(fields)
+    return orjson.dumps({"inputs": [tensor]})
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b"[1]", "request must be a JSON object with 'inputs'"),
+    (orjson.dumps({"id": 5, "inputs": []}), "'id' must be a string"),
+    (orjson.dumps({"inputs": 5}), "'inputs' must hold exactly one tensor, 'input'"),
+    (orjson.dumps({"inputs": [5]}), "'inputs' must hold exactly one tensor, 'input'"),
+    (orjson.dumps({"inputs": []}), "'inputs' must hold exactly one tensor, 'input'"),
+    (orjson.dumps({"inputs": [{"name": "input"}, {"name": "input"}]}), "'inputs' must hold exactly one tensor, 'input'"),
+    (tensor_request(name="x"), "unknown input 'x'; model m takes 'input'"),
+    (tensor_request(datatype="INT8"), "input 'input' has datatype 'INT8'; expected FP32"),
+    (tensor_request(shape=[2, 1, 2]), "input 'input' has shape [2, 1, 2]; expected [batch, 1, 2, 2] with batch >= 1"),
+    (tensor_request(shape=[2, 1, 2, 2.0]), "input 'input' has shape [2, 1, 2, 2.0]; expected [batch, 1, 2, 2] with batch >= 1"),
+    (tensor_request(shape=None), "input 'input' has shape None; expected [batch, 1, 2, 2] with batch >= 1"),
+    (tensor_request(shape=5), "input 'input' has shape 5; expected [batch, 1, 2, 2] with batch >= 1"),
+    (tensor_request(shape=[0, 1, 2, 2], data=[]), "input 'input' has shape [0, 1, 2, 2]; expected [batch, 1, 2, 2] with batch >= 1"),
+    (tensor_request(shape=[2, 1, 3, 2]), "input 'input' has shape [2, 1, 3, 2]; expected [batch, 1, 2, 2] with batch >= 1"),
+    (tensor_request(parameters=[1]), "'parameters' must be an object"),
+    (tensor_request(data=None), "input 'input' has no 'data' list (nor binary_data_size)"),
+    (tensor_request(data=VALUES[:4]), "input 'input': shape [2, 1, 2, 2] needs 8 values, 'data' holds 4"),
+    (tensor_request(data=["a"] * 8), "input 'input': 'data' must be numbers in a flat or shape-nested list"),
+    (tensor_request(data=[1e39] + VALUES[1:]), "input 'input' holds NaN or infinite values"),
+])
+def test_each_malformed_request_is_a_400_with_its_exact_message(body, message):
+    with pytest.raises(InvalidTensor) as info:
+        parse_infer(body, None, META)
+    assert info.value.status == 400 and info.value.message == message
+
+
+def test_invalid_json_says_so():
+    with pytest.raises(InvalidTensor) as info:
+        parse_infer(b"{not json", None, META)
+    assert info.value.message.startswith("request is not valid JSON: ")
