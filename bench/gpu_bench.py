@@ -219,14 +219,16 @@ def provider_census(graph: bytes, kind: str, device: int, threads: int, x: np.nd
 
 
 def time_ort(graphs: dict[str, bytes], kind: str, device: int, threads: int, batches: list[int],
-             shape: tuple[int, int, int], seconds: float, iters: int) -> dict[tuple[str, int], dict[str, Point | str]]:
-    """(graph, batch) -> variant -> Point, or a one-line reason where a variant could not run."""
+             shape: tuple[int, int, int], seconds: float, iters: int,
+             results: dict | None = None) -> dict[tuple[str, int], dict[str, Point | str]]:
+    """(graph, batch) -> variant -> Point, or a one-line reason where a variant could not run. Filled cell by
+    cell into ``results`` when given, so that a run stopped half-way still has what it measured."""
     import onnxruntime as ort
 
     dev = "cuda" if kind == "cuda" else "cpu"
     sessions = {name: ort.InferenceSession(g, session_options(threads), providers=providers_for(kind, device))
                 for name, g in graphs.items()}
-    results: dict[tuple[str, int], dict[str, Point | str]] = {}
+    results = {} if results is None else results
     rng = np.random.default_rng(0)
     for batch in batches:
         x = rng.standard_normal((batch, *shape), dtype=np.float32)
@@ -851,10 +853,16 @@ def main(argv: list[str] | None = None) -> int:
 
     ort_results: dict = {}
     torch_results: dict = {}
+    cut_off = False
     if ort_failure is None and not args.service_only:
         try:
-            ort_results = time_ort(graphs, args.providers, args.device, threads, args.batches, shape, args.seconds,
-                                   args.iters)
+            time_ort(graphs, args.providers, args.device, threads, args.batches, shape, args.seconds, args.iters,
+                     results=ort_results)
+            save_timing(graph_dir, ort_results)
+        except SystemExit:  # SIGTERM: the step's time budget ran out; report the cells measured so far
+            cut_off = True
+            notes.append(f"**Cut off** by the step's time budget (SIGTERM) after {len(ort_results)} of "
+                         f"{len(args.batches) * len(graphs)} (graph, batch) rows; the missing rows were not measured.")
             save_timing(graph_dir, ort_results)
         except Exception as exc:
             ort_failure = f"timing failed: {failure(exc).removeprefix('failed: ')}"
@@ -872,6 +880,8 @@ def main(argv: list[str] | None = None) -> int:
     service_provider = None
     if args.no_service:
         service_notes.append("Service: not measured in this step (--no-service).")
+    elif cut_off:
+        service_notes.append("Service: **not measured**: the step's time ran out first.")
     elif ort_failure is not None:
         service_notes.append("Service: **not measured**: ONNX Runtime cannot run this graph on "
                              f"{args.providers} here, and the service runs through ONNX Runtime.")
@@ -914,6 +924,8 @@ def main(argv: list[str] | None = None) -> int:
     emit(lines, args.out)
     if ort_failure is not None:
         return 2
+    if cut_off:
+        return 124  # as `timeout` reports it: the step is marked timed out, with its partial section kept
     service_ok = args.no_service or (service_results and all(r["requests"] and not r["errors"] for r in service_results)
                                      and (args.providers != "cuda" or service_provider == "cuda"))
     return 0 if service_ok else 1

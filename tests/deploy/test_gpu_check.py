@@ -165,3 +165,16 @@ def test_the_check_stops_before_measuring_when_the_staging_is_incomplete(tmp_pat
     summary = (out / "summary.md").read_text()
     assert "Missing (a step not ok): join, install, provider, shipped, service, memory." in summary
     assert "still to carry: call 2, 3" in (out / "gpu_check.log").read_text()
+
+
+def test_a_timing_step_cut_off_by_its_budget_keeps_what_it_measured(tmp_path):
+    """gpu_check.sh stops a step with `timeout` (SIGTERM): the section still holds the rows measured before."""
+    out = tmp_path / "section.md"
+    done = subprocess.run(["timeout", "--kill-after=5", "14", sys.executable, str(ROOT / "bench" / "gpu_bench.py"),
+                           "--shipped", "fmnist-resnet20-rbn", "--providers", "cpu", "--no-service",
+                           "--batches", "1,2,4,8", "--seconds", "3", "--iters", "3", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 124, done.stderr[-2000:]
+    text = out.read_text()
+    assert "**Cut off** by the step's time budget" in text, text
+    assert "| RBN folded | 1 |" in text and "| RBN folded | 8 |" not in text
