@@ -3,8 +3,8 @@ when a request's decode deadline passes or its client leaves.
 
 A thread cannot be interrupted inside libjpeg, libpng or libwebp: an image that costs seconds (a 4096 x
 4096 WebP of noise: 3.4 s here) held its pool thread to the end, after its client had gone. Here each pool
-thread owns one worker process (forkserver: forked from a clean server that imported Pillow and numpy, never
-from the serving process and its threads) and hands it one file at a time through a pipe: the bytes in,
+thread takes one of the worker processes (forkserver: forked from a clean server that imported Pillow and
+numpy, never from the serving process and its threads; all started by the pool's first file) and hands it one file at a time through a pipe: the bytes in,
 the uint8 (C, H, W) pixels (or the ``ServiceError``) out. The thread waits in short slices; when the
 file's decoding has run ``decode_timeout_s`` or used ``decode_cpu_s`` of CPU (its own work: the wait for a
 free process is bounded by the pool's queue, not by this deadline; CPU time, because on a busy machine a
@@ -118,7 +118,7 @@ class Processes:
         self.killed = 0  # workers killed (deadline or client gone), for tests and logs
 
     def start(self) -> None:
-        """Start the forkserver and every worker (seconds: imports), so that no request waits for them."""
+        """Start the forkserver and every worker now (seconds: imports) rather than on first use."""
         for _ in range(self.count):
             self._idle.put(self._new())
 

@@ -93,9 +93,9 @@ class Decoder:
         threads = settings.decode_threads or max(1, min(4, available_cpus()))
         self.pool = Pool(threads, settings.decode_queue_size, settings.retry_after_s)
         self.decode_timeout_s, self.decode_cpu_s = settings.decode_timeout_s, settings.decode_cpu_s
+        # started by the first file the pool decodes (the forkserver and one process per pool thread):
+        # a server that only ever sees small plain images never starts them
         self.processes = Processes(threads) if settings.decode_timeout_s > 0 else None
-        if self.processes is not None:  # the forkserver and its workers start beside the models' loading
-            threading.Thread(target=self.processes.start, name="decode-processes", daemon=True).start()
 
     def _open(self, data: bytes) -> Image.Image:
         imagecheck.check(data)

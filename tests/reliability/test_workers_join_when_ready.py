@@ -57,7 +57,16 @@ def server(tmp_path_factory, stale):
 
 
 def workers(server: Server) -> list[int]:
-    return process_tree(server.pid)[1:]
+    """The supervisor's children (not their own: a worker's decode processes, if any)."""
+    tree = process_tree(server.pid)
+    return [pid for pid in tree[1:] if _parent(pid) == server.pid]
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def predict(port: int) -> tuple[int, bytes]:
