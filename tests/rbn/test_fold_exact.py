@@ -112,3 +112,60 @@ def test_folding_needs_running_statistics_and_matching_channels():
     assert fold_model(no_stats)[1] == 0
     other = nn.Sequential(nn.Conv2d(1, 3, 1), nn.BatchNorm2d(2)).eval()
     assert fold_model(other)[1] == 0
+
+
+class Block(nn.Module):
+    """torchvision's layout: convN/bnN attributes, no Sequential."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = conv(), norm("rbn")
+        self.conv2, self.bn2 = nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2)
+
+    def forward(self, x):
+        return self.bn2(self.conv2(self.bn1(self.conv1(x))))
+
+
+def test_structure_finds_every_convN_bnN_pair_and_every_sequential_pair():
+    folded, pairs = fold_model(Block().eval())
+    assert pairs == 2 and isinstance(folded.conv1, FoldedConvRBN) and isinstance(folded.conv2, FoldedConvBN)
+    assert isinstance(folded.bn1, nn.Identity) and isinstance(folded.bn2, nn.Identity)
+    two = nn.Sequential(nn.Sequential(conv(), norm("rbn")), nn.Sequential(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2))).eval()
+    folded, pairs = fold_model(two)
+    assert pairs == 2 and isinstance(folded[0][0], FoldedConvRBN) and isinstance(folded[1][0], FoldedConvBN)
+    y, _ = run(folded, [folded[0][0]])
+    with torch.no_grad():
+        torch.testing.assert_close(y, two(X), rtol=0, atol=1e-5)
+
+
+class Odd(nn.Module):
+    """A norm on the input (no conv before it), a norm never called, and a conv registered under two names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.BatchNorm2d(1)
+        self.unused = nn.BatchNorm2d(2)
+        self.conv = conv()
+        self.alias = self.conv
+        self.bn = norm("bn")
+
+    def forward(self, x):
+        return self.bn(self.alias(self.first(x)))
+
+
+def test_traced_pairs_skip_what_cannot_be_folded_and_leave_no_hooks():
+    model = Odd().eval()
+    folded, pairs = fold_model(model, X)
+    assert pairs == 0  # the conv has two names: which one to replace is ambiguous
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in folded.modules())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    stats_free = nn.Sequential(conv(), nn.BatchNorm2d(2, track_running_stats=False)).eval()
+    assert fold_model(stats_free, X)[1] == 0
+
+
+def test_unfolded_norms_says_which_and_why():
+    from rbn.library.fold import unfolded_norms
+
+    model = nn.Sequential(nn.BatchNorm2d(1), conv(), norm("rbn"), nn.BatchNorm2d(2, track_running_stats=False)).eval()
+    assert unfolded_norms(model, X) == {"0": "its input is not a conv's output (nothing to fold into)",
+                                       "3": "no running statistics"}
