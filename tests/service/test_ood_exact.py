@@ -171,3 +171,46 @@ def test_a_calibrated_bundle_gives_no_reason_and_a_stats_row_must_match_its_laye
     assert scorer_.reason is None and scorer_.uncalibrated_scores(np.zeros((1, 2))) is None
     with pytest.raises(ValueError):  # a graph whose rbn_stats has another layer count than model.json names
         scorer_.verdict(np.array([1.0, 2.0]), 0.5)
+
+
+F32 = np.array([0.1, 0.7, 0.3, 0.9], np.float32)  # what ONNX Runtime hands over: float32
+
+
+def test_float32_inputs_are_scored_in_float64():
+    """The graph's outputs are float32; every score is computed in float64 from those values (the references
+    below are the float32 values widened, then computed in double precision by hand)."""
+    wide = [float(v) for v in F32]
+    # the 0.95 quantile of 4 sorted values sits at 2.85: v[2] + 0.85 * (v[3] - v[2]) with v = 0.1, 0.3, 0.7, 0.9
+    assert threshold(F32) == pytest.approx(wide[1] + 0.85 * (wide[3] - wide[1]), rel=0, abs=1e-15)
+    logits = F32.reshape(2, 2)
+    lse = [math.log(math.exp(wide[0]) + math.exp(wide[1])), math.log(math.exp(wide[2]) + math.exp(wide[3]))]
+    for got in (logsumexp(logits), energy(logits), msp(logits), max_logit(logits)):
+        assert got.dtype == np.float64
+    np.testing.assert_allclose(logsumexp(logits), lse, rtol=1e-15)
+    np.testing.assert_allclose(msp(logits), [-math.exp(wide[1] - lse[0]), -math.exp(wide[3] - lse[1])], rtol=1e-14)
+    np.testing.assert_allclose(max_logit(logits), [-wide[1], -wide[3]], rtol=0)
+    stats = F32.reshape(2, 2)
+    score = rms_score(stats, calibration([0.0, 0.0], [1.0, 1.0]))
+    assert score.dtype == np.float64
+    np.testing.assert_allclose(score, [math.sqrt((wide[0] ** 2 + wide[1] ** 2) / 2),
+                                       math.sqrt((wide[2] ** 2 + wide[3] ** 2) / 2)], rtol=1e-15)
+    parts = split_layers(stats, [1, 1])
+    assert all(p.dtype == np.float64 for p in parts)
+    g = LayerGaussian(whitener=np.eye(2, dtype=np.float32), centres=np.zeros((1, 2), np.float32))
+    assert g.distances(stats).dtype == np.float64
+
+
+def test_calibration_of_float32_stats_is_computed_in_float64():
+    clean = np.array([[0.1], [0.2], [0.7]], np.float32)
+    wide = [float(v) for v in clean[:, 0]]
+    mean = sum(wide) / 3
+    std = math.sqrt(sum((v - mean) ** 2 for v in wide) / 3)
+    fitted = calibrate_rms(clean)
+    assert fitted.layer_mean[0] == pytest.approx(mean, rel=1e-15)
+    assert fitted.layer_std[0] == pytest.approx(std, rel=1e-15)
+
+
+def test_a_scorer_with_fewer_gaussians_than_layers_is_refused():
+    unit = LayerGaussian(whitener=np.eye(1), centres=np.zeros((1, 1)))
+    with pytest.raises(ValueError):
+        layer_distances((unit, unit), np.zeros((1, 3)), (1, 1, 1))
