@@ -14,6 +14,7 @@ misses. Reports go to mutation/out/ (ignored by git): <module>.md, <module>.json
     mutation/run.sh                  every module
     mutation/run.sh auth oip         these modules
     mutation/run.sh --source HEAD    the last commit's files rather than the working tree's
+    mutation/run.sh --reread fold    the last run's results again, with equivalent.toml as it is now
     mutation/run.sh --list           the modules and their tests
 """
 
@@ -127,6 +128,13 @@ def configure(work: Module, dest: Path, children: int) -> list[str]:
     with open(dest / "pyproject.toml", "a") as f:
         f.write("\n".join(lines) + "\n")
     return tests
+
+
+def reread_module(work: Module) -> Outcome:
+    """The last run's results again (its copy in the scratch folder), with mutation/equivalent.toml as it is now."""
+    previous = OUT / f"{work.name}.json"
+    seconds = json.loads(previous.read_text())["seconds"] if previous.exists() else 0.0
+    return read_outcome(work, WORK / work.name, seconds)
 
 
 def run_module(work: Module, children: int, source: str) -> Outcome:
@@ -246,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="mutants checked at once (default 2, or RBN_MUTATION_CHILDREN)")
     parser.add_argument("--source", default="worktree",
                         help="what to test: the working tree as it is (default) or a commit (HEAD, a hash)")
+    parser.add_argument("--reread", action="store_true",
+                        help="no new run: report the last run's results again (after editing equivalent.toml)")
     parser.add_argument("--min-ratio", type=float, default=0.0,
                         help="exit 1 when a module's kill ratio is below this (e.g. 0.9)")
     args = parser.parse_args(argv)
@@ -259,7 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     OUT.mkdir(exist_ok=True)
     low = []
     for name in args.modules or list(modules):
-        outcome = run_module(modules[name], args.children, args.source)
+        if args.reread:
+            outcome = reread_module(modules[name])
+        else:
+            outcome = run_module(modules[name], args.children, args.source)
         write_report(outcome)
         print(f"{name:13} {len(outcome.statuses):4} mutants  {outcome.killed:4}/{outcome.scored:<4} killed "
               f"{100 * outcome.ratio:5.1f}%  {len(outcome.equivalent):3} equivalent  {len(outcome.misses()):3} missed  "
