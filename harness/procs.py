@@ -143,11 +143,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def setting_flags(settings: dict[str, object]) -> list[str]:
-    """``{"max_batch_size": 4, "access_log": True}`` -> ``["--max-batch-size", "4", "--access-log", "true"]``."""
+    """``{"max_batch_size": 4, "access_log": True, "docs": False}`` -> ``["--max-batch-size", "4", "--access-log",
+    "--no-docs"]`` (a boolean setting is a flag pair, ``--x`` / ``--no-x``, that takes no value)."""
     flags: list[str] = []
     for key, value in settings.items():
-        text = str(value).lower() if isinstance(value, bool) else str(value)
-        flags += [f"--{key.replace('_', '-')}", text]
+        name = key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(f"--{name}" if value else f"--no-{name}")
+        else:
+            flags += [f"--{name}", str(value)]
     return flags
 
 
