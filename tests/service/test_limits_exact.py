@@ -135,24 +135,32 @@ def test_image_pixels_are_width_times_height_not_the_longer_side_squared():
 SPEC = InputSpec(name="input", channels=1, height=28, width=28, mean=[0.5], std=[0.5])
 
 
-def decode(limit: int, sizes: list[tuple[int, int]]) -> np.ndarray:
-    decoder = Decoder(settings(max_request_pixels=limit, max_image_pixels=10_000))
+PATHS = {  # the decoder's code paths: the pool's threads, or killable processes (small files inline, or all in them)
+    "threads": {"decode_timeout_s": 0.0},
+    "processes, inline": {"decode_timeout_s": 10.0},
+    "processes": {"decode_timeout_s": 10.0, "inline_body_bytes": 0},
+}
+
+
+def decode(limit: int, sizes: list[tuple[int, int]], path: str) -> np.ndarray:
+    decoder = Decoder(settings(max_request_pixels=limit, max_image_pixels=10_000, **PATHS[path]))
     try:
         return asyncio.run(decoder.decode([Upload(png(w, h)) for w, h in sizes], SPEC))
     finally:
         decoder.shutdown()
 
 
+@pytest.mark.parametrize("path", sorted(PATHS))
 @pytest.mark.parametrize(("limit", "refused"), [(191, True), (192, False), (193, False)])
-def test_the_request_pixel_limit_is_the_total_over_its_images(limit, refused):
+def test_the_request_pixel_limit_is_the_total_over_its_images(limit, refused, path):
     sizes = [(8, 8), (16, 4), (4, 16)]  # 64 pixels each, 192 together: every one alone is far below the limit
     if refused:
         with pytest.raises(TooManyPixels) as info:
-            decode(limit, sizes)
+            decode(limit, sizes, path)
         assert info.value.message == (f"the request's 3 image(s) hold 192 pixels together; "
                                       f"the limit is {limit} per request")
     else:
-        assert decode(limit, sizes).shape == (3, 1, 28, 28)
+        assert decode(limit, sizes, path).shape == (3, 1, 28, 28)
 
 
 @pytest.fixture(scope="module")
