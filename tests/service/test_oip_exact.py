@@ -390,3 +390,23 @@ def test_invalid_json_says_so():
     with pytest.raises(InvalidTensor) as info:
         parse_infer(b"{not json", None, META)
     assert info.value.message.startswith("request is not valid JSON: ")
+
+
+def test_only_the_json_header_is_counted_even_when_the_tail_is_all_commas():
+    tail = b"," * 4800  # 1200 floats, every byte 0x2C: far more than the cap of 1028 commas
+    body, length = binary(4800, tail, shape=(300, 1, 2, 2))
+    for encoding, data in ((None, body), ("gzip", gzip.compress(body))):
+        assert read_infer(data, encoding, length, META, 1 << 20, max_images=1).x.shape == (300, 1, 2, 2)
+
+
+def test_read_infer_passes_the_response_budget():
+    body = json_request(VALUES, outputs=[{"name": "logits"}])  # 256 + 128 + 2 * 3 * 16 = 480 bytes at most
+    assert read_infer(body, None, None, META, 1 << 20, max_response_bytes=480).outputs == [("logits", False)]
+    with pytest.raises(ResponseTooLarge):
+        read_infer(body, None, None, META, 1 << 20, max_response_bytes=479)
+
+
+def test_the_magnitude_scan_sees_the_first_value_and_small_bounds():
+    with pytest.raises(InputOutOfRange):
+        parse_infer(json_request([5.0, 0.0, 0.0, 0.0]), None, META, max_magnitude=1.0)
+    assert parse_infer(json_request([0.25, -0.5, 0.0, 0.5]), None, META, max_magnitude=0.5).x.shape == (1, 1, 2, 2)
