@@ -18,6 +18,8 @@ FORBIDDEN = {
     "service/core": ("fastapi", "starlette", "uvicorn", "httptools", "grpc", "torch", "service.http",
                      "service.grpc", "service.tools", "service.cli", "rbn.library", "rbn.experiments"),
     "service/http": ("torch", "service.grpc", "service.tools", "service.cli", "rbn.library", "rbn.experiments"),
+    "service/grpc": ("torch", "fastapi", "starlette", "uvicorn", "service.http", "service.tools", "service.cli",
+                     "rbn.library", "rbn.experiments"),
     "service/tools": ("torch", "service.http", "service.grpc", "rbn.library", "rbn.experiments"),
     "harness": ("tests", "bench", "service", "rbn"),
     "bench": ("tests",),

@@ -27,7 +27,7 @@ from service.core.state import ServiceState
 from service.grpc import grpc_service_pb2 as pb
 from service.grpc import grpc_service_pb2_grpc as pb_grpc
 from service.grpc.servicer import SERVICE, InferenceServicer
-from service.http.auth import Access
+from service.core.keys import Keys
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class GrpcFrontEnd:
             ],
             maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
         )
-        access = Access.from_settings(settings)
+        access = Keys.from_settings(settings)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(settings, self.state, self.plane, access), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server,

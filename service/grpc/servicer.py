@@ -26,7 +26,7 @@ from service.grpc import codec
 from service.grpc import grpc_service_pb2 as pb
 from service.grpc import grpc_service_pb2_grpc as pb_grpc
 from service.grpc.errors import render
-from service.http.auth import Access
+from service.core.keys import Keys
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def route(method: str) -> str:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, settings: Settings, state: ServiceState, plane: DataPlane, access: Access) -> None:
+    def __init__(self, settings: Settings, state: ServiceState, plane: DataPlane, access: Keys) -> None:
         self.settings = settings
         self.state = state
         self.plane = plane

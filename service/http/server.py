@@ -22,7 +22,7 @@ from typing import Protocol
 import uvicorn
 
 from service.http.app import create_app
-from service.http.auth import KeyConfigError
+from service.core.keys import KeyConfigError
 from service.core.config import Settings
 from service.core.dataplane import DataPlane
 from service.http.connections import HeadLimits, guarded_protocol

@@ -27,8 +27,12 @@ def test_workers_all_serve_grpc(tmp_path):
         # both workers hold the gRPC port (SO_REUSEPORT): each worker process has a socket listening on it
         workers = [pid for pid in process_tree(server.pid)[1:] if _parent(pid) == server.pid]  # not their helpers
         assert len(workers) == 2
-        holders = {pid for pid in workers if _listens(pid, server.grpc_port)}
-        assert holders == set(workers)
+        # a worker listens only once its models are warm, and readiness answers when the first one is:
+        # wait (bounded) for the second
+        deadline = time.monotonic() + 90
+        while (holders := {pid for pid in workers if _listens(pid, server.grpc_port)}) != set(workers):
+            assert time.monotonic() < deadline, f"only {holders} of {workers} listen on the gRPC port"
+            time.sleep(0.2)
     finally:
         assert server.stop() == 0
 

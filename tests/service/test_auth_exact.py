@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from asgi_app import SAMPLE, app
 
 from service.core.config import Settings
-from service.http.auth import Access, KeyConfigError, load_keys, parse_keys
+from service.core.keys import KeyConfigError, load_keys, parse_keys
+from service.http.auth import Access
 
 KEY = "Key-0123456789abcdef"
 OTHER = "other-key-76543210"

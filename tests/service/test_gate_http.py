@@ -10,7 +10,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from service.http.auth import Access, KeyConfigError, load_keys, parse_keys
+from service.core.keys import KeyConfigError, load_keys, parse_keys
+from service.http.auth import Access
 from service.core.config import Settings
 from tests.reliability.rel_support import RBN, SAMPLE, raw, start, status_of
 
