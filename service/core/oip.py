@@ -167,7 +167,7 @@ def parse_infer(body: bytes, header_length: str | None, meta: BundleMeta, max_ma
     if used != len(tail):
         raise InvalidTensor(f"{len(tail) - used} bytes of binary data are not claimed by any input")
     if max_magnitude is not None:
-        _check_magnitude(x, max_magnitude, meta.input.name)
+        check_magnitude(x, max_magnitude, meta.input.name)
     params = request.get("parameters")
     binary = _flag({} if params is None else params, "binary_data_output")
     parsed = ParsedInfer(x, _requested_outputs(request.get("outputs"), binary, list(graph_outputs(meta))), request_id)
@@ -180,7 +180,7 @@ def parse_infer(body: bytes, header_length: str | None, meta: BundleMeta, max_ma
     return parsed
 
 
-def _check_magnitude(x: np.ndarray, bound: float, name: str) -> None:
+def check_magnitude(x: np.ndarray, bound: float, name: str) -> None:
     """Refuse values beyond +-``bound``: near float32's limit (3.4e38) the model's first layer
     overflows and the answer comes back as nulls. In 1 MiB steps, like every scan of a body."""
     flat = x.reshape(-1)

@@ -83,7 +83,7 @@ def parse_infer(request: pb.ModelInferRequest, meta: BundleMeta, max_magnitude: 
     if not np.isfinite(x).all():
         raise InvalidTensor(f"input {name!r} holds NaN or infinite values")
     if max_magnitude is not None:
-        oip._check_magnitude(x, max_magnitude, name)  # noqa: SLF001 - the REST side's own check and message
+        oip.check_magnitude(x, max_magnitude, name)  # the REST side's own check and message
     parsed = ParsedInfer(x, requested_outputs(request, list(graph_outputs(meta))), request.id)
     if max_response_bytes is not None:
         size = oip.answer_bytes(meta, [(n, True) for n in parsed.outputs], len(x))  # gRPC answers are binary
