@@ -25,8 +25,16 @@ SAMPLE = (ROOT / "samples" / "fashion-mnist" / "0_ankle-boot.png").read_bytes()
 
 
 def children(pid: int) -> set[int]:
-    """The worker processes of the supervisor ``pid``."""
-    return set(process_tree(pid)[1:])
+    """The worker processes of the supervisor ``pid``: its own children (a worker's decode processes are
+    further down the tree)."""
+    return {p for p in process_tree(pid)[1:] if _parent(p) == pid}
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None  # gone meanwhile
 
 
 def wait_for(check, timeout: float, what: str):
