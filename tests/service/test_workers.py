@@ -70,12 +70,15 @@ def predict_on_new_connections(url: str, count: int) -> list[int]:
 
 @pytest.fixture
 def two_workers(served_repo, tmp_path):
-    server = ServiceProcess(served_repo, tmp_path / "server.log", workers=2).wait_ready()
-    wait_for(lambda: len(children(server.pid)) == 2, 30, "two worker processes")
-    # /readyz answers from one worker: wait until every worker reports ready in the summed gauge
-    wait_for(lambda: len(re.findall(r"ready: serving", server.log())) == 2, 60, "both workers ready")
-    yield server
-    server.stop()
+    server = ServiceProcess(served_repo, tmp_path / "server.log", workers=2)
+    try:
+        server.wait_ready()
+        wait_for(lambda: len(children(server.pid)) == 2, 30, "two worker processes")
+        # /readyz answers from one worker: wait until every worker reports ready in the summed gauge
+        wait_for(lambda: len(re.findall(r"ready: serving", server.log())) == 2, 60, "both workers ready")
+        yield server
+    finally:  # a failed wait must not leave the server running
+        server.stop()
 
 
 def test_two_workers_answer_on_one_port_and_metrics_sum_over_both(two_workers):
