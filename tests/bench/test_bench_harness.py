@@ -128,7 +128,7 @@ def test_gpu_bench_cpu_path(tmp_path):
         positive(r["session.run (numpy)"])
         positive(r["IOBinding"])
         assert r["IOBinding + CUDA graph"] == "n/a (CUDA only)"
-    assert "- RBN / BN ordinary (logits only), batch 1: " in out
+    assert "- Latency RBN / BN ordinary (logits only), batch 1: " in out
 
     assert "provider **cpu**" in out
     (service,) = table(out, "concurrency")

@@ -63,7 +63,8 @@ def to_host(value: str, mapping: dict[str, Path]) -> str:
 
 def test_image_command_environment_and_paths_work_on_the_host(source_repository):
     image = resolve_image("cpu")
-    assert image.env["RBN_SERVE_HOST"] == "0.0.0.0" and image.expose == [image.env["RBN_SERVE_PORT"]]
+    assert image.env["RBN_SERVE_HOST"] == "0.0.0.0"
+    assert image.expose == [image.env["RBN_SERVE_PORT"], image.env["RBN_SERVE_GRPC_PORT"]]  # HTTP, then gRPC
     root = Path(tempfile.mkdtemp(prefix="rbn-image-"))
     try:
         mapping = host_paths(image, root, source_repository)
@@ -71,7 +72,8 @@ def test_image_command_environment_and_paths_work_on_the_host(source_repository)
 
         port = free_port()
         env = {key: to_host(value, mapping) for key, value in image.env.items()}
-        env.update(RBN_SERVE_HOST="127.0.0.1", RBN_SERVE_PORT=str(port), HOME="/nonexistent")
+        env.update(RBN_SERVE_HOST="127.0.0.1", RBN_SERVE_PORT=str(port), RBN_SERVE_GRPC_PORT=str(free_port()),
+                   HOME="/nonexistent")
         assert env["RBN_SERVE_MODEL_REPOSITORY"] == str(root / "models")
         cwd = mapping[image.workdir.rstrip("/")]
         executable = shutil.which(image.cmd[0], path=env["PATH"])
