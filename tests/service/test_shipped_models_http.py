@@ -60,7 +60,7 @@ def ab_counters(client) -> dict[tuple[str, ...], float]:
 AB_CASES = [
     ("corruption=contrast&severity=5", "rbn", 9, 0, 1.3007699, 1.8634370),
     ("", "both", 9, 9, 0.00090219, 0.00047264),
-    ("corruption=gaussian_noise&severity=4", "neither", 6, 8, 1.1730649, 1.0356296),
+    ("corruption=gaussian_noise&severity=4", "neither", 6, 8, 1.1612033, 0.7500715),  # noise seeded by the pixels (#26)
 ]
 
 
