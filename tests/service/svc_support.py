@@ -73,6 +73,7 @@ def write_batch_one_bundle(repo: Path, like: Path, name: str = "test-batch-one")
 
 
 HANG = 1e12  # a pixel value that makes write_slow_bundle's graph loop about forever
+HANG_LIMIT = 1e13  # max_input_magnitude a server must allow for a HANG tensor to reach the graph (default 1e6)
 
 
 def write_slow_bundle(repo: Path, like: Path, name: str = "test-slow", extra_iterations: int = 0) -> Path:

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import tritonclient.http as triton
-from svc_support import HANG, RBN, start_server, write_slow_bundle
+from svc_support import HANG, HANG_LIMIT, RBN, start_server, write_slow_bundle
 
 
 def batch_histogram(client) -> tuple[float, float]:
@@ -114,7 +114,8 @@ def test_instances_2_runs_two_batches_of_one_model_at_once(bundle_repo, tmp_path
                                    "data": [HANG] + [0.0] * 783}]}).encode()
     for instances in (2, 1):
         (tmp_path / str(instances)).mkdir()
-        server = start_server(repo, tmp_path / str(instances), instances=instances, graceful_timeout_s=1)
+        server = start_server(repo, tmp_path / str(instances), instances=instances, graceful_timeout_s=1,
+                              max_input_magnitude=HANG_LIMIT)
         try:
             url = server.url + "/v2/models/test-slow/infer"
             pool = ThreadPoolExecutor(2)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import httpx
 import numpy as np
 import pytest
-from svc_support import HANG, RBN, ServiceProcess, encode, write_slow_bundle
+from svc_support import HANG, HANG_LIMIT, RBN, ServiceProcess, encode, write_slow_bundle
 
 DRAIN_S = 2.0
 INFER_ROUTES = r'route="(/predict|/v2/models/[^"]+/infer)"'
@@ -195,7 +195,8 @@ def test_sigterm_while_models_load_exits_at_once(bundle_repo, tmp_path):
 
 def test_an_inference_that_never_returns_does_not_hold_the_exit(slow_repo, tmp_path):
     """Shutdown is bounded by the graceful timeouts even when ONNX Runtime never comes back."""
-    server = ServiceProcess(slow_repo, tmp_path / "server.log", graceful_timeout_s=1).wait_ready()
+    server = ServiceProcess(slow_repo, tmp_path / "server.log", graceful_timeout_s=1,
+                            max_input_magnitude=HANG_LIMIT).wait_ready()
     try:
         body = {"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [HANG] + [0.0] * 783}]}
         hung = send_raw(server.port, http_request("/v2/models/test-slow/infer", json.dumps(body).encode(),
