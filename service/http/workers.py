@@ -175,7 +175,9 @@ class Supervisor:
             return self._wait(sock, folder)
         finally:
             for sig, handler in previous.items():
-                signal.signal(sig, handler)
+                # Once stopping, a late SIGTERM must not kill the exit under way (the interpreter's own
+                # shutdown would put the default action back for a Python handler, not for SIG_IGN).
+                signal.signal(sig, signal.SIG_IGN if self.stopping else handler)
             sock.close()
             shutil.rmtree(folder, ignore_errors=True)
 
