@@ -3,7 +3,6 @@ API key, unknown model, wrong datatype and shape, oversize, deadline, cancellati
 
 from __future__ import annotations
 
-import json
 import time
 
 import grpc

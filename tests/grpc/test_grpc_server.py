@@ -15,7 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_support import RBN, SERVICE, X, GrpcServer, start, tensor
 
-from harness.procs import free_port, process_tree
+from harness.procs import process_tree
 from tests.reliability.rel_support import Probe
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from google.protobuf import descriptor_pb2
 from tritonclient.grpc import service_pb2 as triton_pb2
 
 from service.grpc import generate
