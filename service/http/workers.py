@@ -81,15 +81,8 @@ class CannotStart(Exception):
 def listen(host: str, port: int, backlog: int) -> socket.socket:
     """A listening TCP socket (port 0: the kernel picks one), bound before any model loads or thread
     starts: a port in use or an address this host lacks fails at once, as ``CannotStart``."""
+    sock = _bound(host, port, reuse_port=False)
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
-        sock = socket.socket(family, kind, proto)
-    except OSError as exc:
-        raise CannotStart(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
