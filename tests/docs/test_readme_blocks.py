@@ -5,8 +5,9 @@ started as the README says (`./run.sh serve`), so a documented command cannot fa
   not hold .venv/bin (a newcomer's shell after `./run.sh serve`: `rbn-serve` alone is "command not found").
 - Python blocks (```python) run with the project's interpreter (`.venv/bin/python`, which the block's text
   tells the reader to use).
-- The server listens on a free port instead of 8000 (tests run side by side): `127.0.0.1:8000` and
-  `localhost:8000` in a block are rewritten to it; nothing else is changed.
+- The server listens on a free port instead of 8000, and serves gRPC on another instead of 8001 (tests run
+  side by side): `127.0.0.1:8000` / `:8001` and `localhost:...` in a block are rewritten to them; nothing
+  else is changed.
 - A block is left out only when the line before it is `<!-- no-run: <reason> -->`, the reason being one of
   NO_RUN_REASONS (a GPU, Docker, a long training run, the whole test suite, the server itself).
 """
@@ -101,23 +102,26 @@ def newcomer_env(port: int) -> dict[str, str]:
 def server(tmp_path_factory):
     """`./run.sh serve` as the README says, on a free port (run.sh installs nothing when the venv is current)."""
     port = free_port()
-    proc = ServerProcess(["./run.sh", "serve", "--port", str(port)], port,
+    grpc_port = free_port()
+    proc = ServerProcess(["./run.sh", "serve", "--port", str(port), "--grpc-port", str(grpc_port)], port,
                          tmp_path_factory.mktemp("readme") / "server.log", name="./run.sh serve",
                          cwd=ROOT, env=newcomer_env(port))
     proc.ready_timeout = 300.0
     proc.wait_ready()
+    proc.grpc_port = grpc_port
     yield proc
     proc.stop()
 
 
-def on_port(text: str, port: int) -> str:
-    return re.sub(r"(127\.0\.0\.1|localhost):8000\b", rf"\g<1>:{port}", text)
+def on_port(text: str, port: int, grpc_port: int) -> str:
+    text = re.sub(r"(127\.0\.0\.1|localhost):8000\b", rf"\g<1>:{port}", text)
+    return re.sub(r"(127\.0\.0\.1|localhost):8001\b", rf"\g<1>:{grpc_port}", text)
 
 
 @pytest.mark.timeout(BLOCK_TIMEOUT_S + 120)
 @pytest.mark.parametrize("block", RUN, ids=[b.id for b in RUN])
 def test_block_runs_as_written(block: Block, server, tmp_path):
-    text = on_port(block.text, server.port)
+    text = on_port(block.text, server.port, server.grpc_port)
     if block.kind == "shell":
         args = ["bash", "-eu", "-c", text]  # no pipefail: `... | head` is fine in a reader's shell
     else:
