@@ -13,7 +13,6 @@ import argparse
 import io
 import json
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +23,8 @@ from PIL import Image
 
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.server_layer import HOSTILE, PROBE, rss_mb, stream  # noqa: E402
+from bench.server_layer import HOSTILE, rss_mb, stream  # noqa: E402
+from harness.clients import Probe  # noqa: E402
 from harness.procs import RbnServe  # noqa: E402
 
 RBN = "fmnist-resnet20-rbn"
@@ -103,18 +103,15 @@ def measure(name: str, root: Path, seconds: float, logs: Path) -> list[dict]:
 
 
 def _with_probe(server, cls: str, action, sent: int | None = None) -> dict:
-    probe = subprocess.Popen([sys.executable, "-c", PROBE, str(server.port)], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
-    time.sleep(0.3)
-    before = rss_mb(server.pid)
-    result = action()
-    peak = rss_mb(server.pid)
-    time.sleep(0.3)
-    waits = json.loads(probe.communicate("", timeout=60)[0])
+    with Probe(server.port) as probe:
+        before = rss_mb(server.pid)
+        result = action()
+        peak = rss_mb(server.pid)
+        time.sleep(0.3)
     status, size, took = result
     return {"class": cls, "status": status, "bytes": size, "request_bytes": sent, "seconds": round(took, 3),
             "rss_growth_mb": round(peak - before, 1),
-            "worst_healthz_ms": round(waits["worst_ms"], 1)}
+            "worst_healthz_ms": round(1000 * probe.worst, 1)}
 
 
 def main() -> int:

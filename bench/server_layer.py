@@ -18,36 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import ROOT, SAMPLE_PNG, ServerProcess, free_port, header, parse_ints, process_tree, python_env  # noqa: E402
+from bench.common import ROOT, SAMPLE_PNG, ServerProcess, free_port, header, parse_ints, python_env  # noqa: E402
 from bench.serve_bench import Wrk  # noqa: E402
+from harness.clients import Probe, status_of, stream_head  # noqa: E402
+from harness.procs import tree_rss_bytes  # noqa: E402
 
 MODELS = ROOT / "models"
-
-PROBE = r"""
-import http.client, json, sys, threading, time
-port = int(sys.argv[1]); stop = threading.Event()
-threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-waits, bad = [], 0
-conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-while not stop.is_set():
-    t = time.perf_counter()
-    try:
-        conn.request("GET", "/healthz"); r = conn.getresponse(); r.read(); bad += r.status != 200
-    except OSError:
-        bad += 1; conn.close(); conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    waits.append(time.perf_counter() - t); stop.wait(0.02)
-print(json.dumps({"worst_ms": 1000 * max(waits, default=0), "failures": bad}))
-"""
-
 
 def granian_app():
     """The app as ``serve_worker`` builds it, for granian's ``--factory`` (settings from RBN_SERVE_*)."""
@@ -60,15 +42,8 @@ def granian_app():
 
 
 def rss_mb(pid: int) -> float:
-    total = 0
-    for p in process_tree(pid):
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except OSError:
-            pass
-    return total / 1e6
+    """Resident memory of the server's whole process tree, MB."""
+    return tree_rss_bytes(pid) / 1e6
 
 
 def start(kind: str, workers: int, logs: Path, granian_path: str | None) -> ServerProcess:
@@ -85,29 +60,9 @@ def start(kind: str, workers: int, logs: Path, granian_path: str | None) -> Serv
 
 
 def stream(port: int, head: bytes, piece: bytes, seconds: float) -> tuple[int, float, int]:
-    """Send ``head`` then ``piece`` until the server answers or closes or ``seconds`` pass:
-    (status or 0, seconds to the answer, bytes sent)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.setblocking(False)
-        start, sent, data, answer = time.monotonic(), 0, head, b""
-        while time.monotonic() - start < seconds:
-            try:
-                sent += s.send(data or piece)
-                data = b""
-            except BlockingIOError:
-                time.sleep(0.001)
-            except OSError:
-                break
-            try:
-                answer = s.recv(65536)
-                break
-            except BlockingIOError:
-                time.sleep(0.0005)
-            except OSError:
-                break
-        took = time.monotonic() - start
-    status = int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.") else 0
-    return status, took, sent
+    """``harness.clients.stream_head``, as (status or 0, seconds to the answer, bytes sent)."""
+    answer, took, sent = stream_head(port, head, piece, seconds)
+    return status_of(answer), took, sent
 
 
 HOSTILE = {
@@ -120,14 +75,12 @@ HOSTILE = {
 def hostile(server: ServerProcess, seconds: float) -> dict[str, dict]:
     out = {}
     for name, (head, piece) in HOSTILE.items():
-        probe = subprocess.Popen([sys.executable, "-c", PROBE, str(server.port)], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, text=True)
-        time.sleep(0.3)
-        before = rss_mb(server.pid)
-        status, took, sent = stream(server.port, head, piece, seconds)
-        grown = rss_mb(server.pid) - before
-        result = json.loads(probe.communicate("", timeout=30)[0])
-        out[name] = {"status": status, "answer_s": took, "sent_mb": sent / 1e6, "rss_growth_mb": grown, **result}
+        with Probe(server.port) as probe:
+            before = rss_mb(server.pid)
+            status, took, sent = stream(server.port, head, piece, seconds)
+            grown = rss_mb(server.pid) - before
+        out[name] = {"status": status, "answer_s": took, "sent_mb": sent / 1e6, "rss_growth_mb": grown,
+                     "worst_ms": 1000 * probe.worst, "failures": len(probe.failures)}
     return out
 
 

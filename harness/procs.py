@@ -44,6 +44,25 @@ def process_tree(pid: int) -> list[int]:
     return order
 
 
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of one process (VmRSS from /proc/<pid>/status), in bytes; OSError when it is gone."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise ProcessLookupError(f"no VmRSS for pid {pid} (a zombie)")
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` and every process under it (workers, decode processes), in bytes."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            total += rss_bytes(p)
+        except OSError:  # gone meanwhile
+            pass
+    return total
+
 def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None,
          timeout: float = 30.0) -> tuple[int, bytes]:
     """One request through the standard library: (status, body), error statuses included.

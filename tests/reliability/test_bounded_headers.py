@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import socket
-import time
-from pathlib import Path
 
 import pytest
 
 from service.core.config import Settings
-from tests.reliability.rel_support import Probe, get, read_all, start, status_of
+from harness.clients import read_all, stream_head
+from harness.procs import rss_bytes
+from tests.reliability.rel_support import Probe, get, start, status_of
 
 WORST_WAIT_S = 0.5
 
@@ -26,47 +26,6 @@ def server(tmp_path_factory):
     proc = start(tmp_path_factory.mktemp("headers"))
     yield proc
     proc.stop()
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
-def stream(port: int, head: bytes, piece: bytes, seconds: float, pause: float = 0.0) -> tuple[bytes, float, int]:
-    """Send ``head`` then ``piece`` over and over for up to ``seconds`` (or until the server answers or
-    closes); returns (the answer, seconds until it came, bytes sent)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.setblocking(False)
-        start, sent, answer = time.monotonic(), 0, b""
-        data = head
-        while time.monotonic() - start < seconds:
-            try:
-                sent += s.send(data or piece)
-                data = b""
-            except BlockingIOError:
-                time.sleep(0.001)
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            try:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                answer += chunk
-                break
-            except BlockingIOError:
-                pass
-            except ConnectionResetError:
-                break
-            if pause:
-                time.sleep(pause)
-        took = time.monotonic() - start
-        s.setblocking(True)
-        s.settimeout(5)
-        answer += read_all(s)
-        return answer, took, sent
 
 
 def error_code(answer: bytes) -> str:
@@ -83,7 +42,7 @@ def test_an_endless_stream_of_header_lines_gets_431_and_no_memory(server):
     """The issue's flood: small header lines without end grew RSS by 1.6-2.6 GB in 5-8 s."""
     before = rss_bytes(server.proc.pid)
     with Probe(server.port) as probe:
-        answer, took, sent = stream(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", b"X-A: b\r\n" * 8192, 8.0)
+        answer, took, sent = stream_head(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", b"X-A: b\r\n" * 8192, 8.0)
     grown = rss_bytes(server.proc.pid) - before
     print(f"\nheader-line flood: {sent} bytes sent, answer after {took:.2f} s, RSS +{grown / 2**20:.1f} MB, "
           f"probe worst {probe.worst * 1000:.1f} ms")
@@ -96,7 +55,7 @@ def test_an_endless_stream_of_header_lines_gets_431_and_no_memory(server):
 
 def test_one_long_header_value_streamed_in_pieces_gets_431_at_once(server):
     with Probe(server.port) as probe:
-        answer, took, sent = stream(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Long: ", b"a" * 64, 8.0,
+        answer, took, sent = stream_head(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Long: ", b"a" * 64, 8.0,
                                     pause=0.0005)
     print(f"\nlong header value: {sent} bytes sent, answer after {took:.2f} s, probe worst {probe.worst * 1000:.1f} ms")
     assert status_of(answer) == 431, answer[:200]
@@ -106,7 +65,7 @@ def test_one_long_header_value_streamed_in_pieces_gets_431_at_once(server):
 
 def test_a_long_url_streamed_in_pieces_gets_414(server):
     with Probe(server.port) as probe:
-        answer, took, sent = stream(server.port, b"GET /healthz?q=", b"a" * 64, 8.0, pause=0.0005)
+        answer, took, sent = stream_head(server.port, b"GET /healthz?q=", b"a" * 64, 8.0, pause=0.0005)
     print(f"\nlong URL: {sent} bytes sent, answer after {took:.2f} s, probe worst {probe.worst * 1000:.1f} ms")
     assert status_of(answer) == 414, answer[:200]
     assert error_code(answer) == "url_too_long"

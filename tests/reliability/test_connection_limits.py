@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from harness.procs import rss_bytes
 from tests.reliability.rel_support import RBN, get, read_all, start, status_of
 
 MAX_CONNECTIONS = 4
@@ -48,8 +49,7 @@ def test_probes_are_answered_beyond_the_connection_cap(server):
 
 
 def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+    return rss_bytes(pid) / 2**20
 
 
 def test_an_answer_nobody_reads_is_dropped_within_the_write_deadline(server):

@@ -133,7 +133,5 @@ def test_a_second_sigterm_reaches_no_worker(server):
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(60) == 0
     log = server.log()
-    for pid in children:
-        assert log.count(f"signal SIGTERM: draining") >= 1
     assert "Traceback" not in log
     assert log.count("signal SIGTERM: draining") == len(children)
