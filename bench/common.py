@@ -194,11 +194,8 @@ class ServerProcess(procs.ServerProcess):
                          preexec_fn=_die_with_parent)
 
     def rss_mb(self) -> float:
-        """Resident memory (VmRSS from /proc/<pid>/status, in kB = KiB), in MB (10^6 bytes)."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024 / 1e6
-        raise RuntimeError(f"no VmRSS for pid {self.pid}")
+        """Resident memory (VmRSS), in MB (10^6 bytes)."""
+        return procs.rss_bytes(self.pid) / 1e6
 
 
 class Service(procs.RbnServe):
