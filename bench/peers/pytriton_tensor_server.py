@@ -27,14 +27,19 @@ from harness.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "fmnist-resnet20-rbn"
-OUTPUTS = {"logits": 10, "rbn_stats": 21, "rbn_channel_stats": 784, "ood_score": 1}
+GRAPH = ROOT / "models" / MODEL / "1" / "model.onnx"
+
+
+def output_widths() -> dict[str, int]:
+    """Each graph output's width (the axis after the batch), read from the graph itself."""
+    session = ort.InferenceSession(str(GRAPH), providers=["CPUExecutionProvider"])
+    return {o.name: o.shape[1] for o in session.get_outputs()}
 
 
 def make_infer(threads: int):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(ROOT / "models" / MODEL / "1" / "model.onnx"), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(GRAPH), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
 
     @batch
@@ -60,7 +65,7 @@ def main() -> None:
             model_name=MODEL,
             infer_func=[make_infer(args.threads) for _ in range(args.instances)],
             inputs=[Tensor(name="input", dtype=np.float32, shape=(1, 28, 28))],
-            outputs=[Tensor(name=name, dtype=np.float32, shape=(size,)) for name, size in OUTPUTS.items()],
+            outputs=[Tensor(name=name, dtype=np.float32, shape=(size,)) for name, size in output_widths().items()],
             config=ModelConfig(max_batch_size=args.max_batch_size,
                                batcher=DynamicBatcher(max_queue_delay_microseconds=args.queue_delay_us)),
             strict=False,
