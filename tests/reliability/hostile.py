@@ -25,8 +25,10 @@ def png_chunk_flood(chunks: int = 300_000) -> bytes:
             + _chunk(b"IDAT", idat) + _chunk(b"IEND", b""))
 
 
-def tiff_strip_flood(strips: int = 400_000) -> bytes:
-    """An uncompressed 1-pixel-wide grey TIFF of ``strips`` rows, one strip per row (3.2 MB at the default)."""
+def tiff_strip_flood(strips: int = 400_000, order: str = "<", magic: bytes | None = None) -> bytes:
+    """An uncompressed 1-pixel-wide grey TIFF of ``strips`` rows, one strip per row (3.2 MB at the default), in
+    Intel (``order`` "<") or Motorola (">") byte order; ``magic`` may be one of the variants Pillow also
+    accepts for Motorola order (b"MM*\\x00", b"MM\\x00+")."""
     entries = [(256, 4, 1, 1), (257, 4, 1, strips), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
                (277, 3, 1, 1), (278, 4, 1, 1)]
     ifd_size = 2 + 12 * (len(entries) + 2) + 4
@@ -35,10 +37,17 @@ def tiff_strip_flood(strips: int = 400_000) -> bytes:
     pixels_at = counts_at + 4 * strips
     entries += [(273, 4, strips, offsets_at), (279, 4, strips, counts_at)]
     entries.sort()
-    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries) + struct.pack("<I", 0)
-    offsets = np.arange(pixels_at, pixels_at + strips, dtype="<u4").tobytes()
-    counts = np.ones(strips, dtype="<u4").tobytes()
-    return b"II*\x00" + struct.pack("<I", 8) + ifd + offsets + counts + bytes(strips)
+
+    def entry(tag: int, kind: int, count: int, value: int) -> bytes:
+        if kind == 3 and count == 1:  # a SHORT sits in the first two bytes of the value field
+            return struct.pack(order + "HHIHH", tag, kind, count, value, 0)
+        return struct.pack(order + "HHII", tag, kind, count, value)
+
+    ifd = struct.pack(order + "H", len(entries)) + b"".join(entry(*e) for e in entries) + struct.pack(order + "I", 0)
+    offsets = np.arange(pixels_at, pixels_at + strips, dtype=order + "u4").tobytes()
+    counts = np.ones(strips, dtype=order + "u4").tobytes()
+    magic = magic or (b"II*\x00" if order == "<" else b"MM\x00*")
+    return magic + struct.pack(order + "I", 8) + ifd + offsets + counts + bytes(strips)
 
 
 def gif_block_flood(blocks: int = 1_000_000) -> bytes:
@@ -142,7 +151,7 @@ def png_text_bomb(chunks: int = 15, inflated: int = 1_000_000, kind: bytes = b"z
 
 def bigtiff_strip_flood(strips: int = 200_000, order: str = "<") -> bytes:
     """tiff_strip_flood as a BigTIFF (8-byte offsets and counts). Pillow reads only the little-endian
-    BigTIFF as one (b"MM\\x00+" it reads as a classic TIFF: ``tiff_strip_flood_big_endian(magic=...)``)."""
+    BigTIFF as one (b"MM\\x00+" it reads as a classic TIFF: ``tiff_strip_flood(order=">", magic=...)``)."""
     entries = [(256, 4, 1, 1), (257, 4, 1, strips), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
                (277, 3, 1, 1), (278, 4, 1, 1)]
     ifd_size = 8 + 20 * (len(entries) + 2) + 8
@@ -162,24 +171,3 @@ def bigtiff_strip_flood(strips: int = 200_000, order: str = "<") -> bytes:
     magic = b"II+\x00" if order == "<" else b"MM\x00+"
     return magic + struct.pack(order + "HHQ", 8, 0, 16) + ifd + offsets + counts + bytes(strips)
 
-
-def tiff_strip_flood_big_endian(strips: int = 400_000, magic: bytes = b"MM\x00*") -> bytes:
-    """tiff_strip_flood in Motorola byte order; ``magic`` may be one of the variants Pillow also accepts (b"MM*\\x00")."""
-    entries = [(256, 4, 1, 1), (257, 4, 1, strips), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
-               (277, 3, 1, 1), (278, 4, 1, 1)]
-    ifd_size = 2 + 12 * (len(entries) + 2) + 4
-    offsets_at = 8 + ifd_size
-    counts_at = offsets_at + 4 * strips
-    pixels_at = counts_at + 4 * strips
-    entries += [(273, 4, strips, offsets_at), (279, 4, strips, counts_at)]
-    entries.sort()
-
-    def entry(tag: int, kind: int, count: int, value: int) -> bytes:
-        if kind == 3 and count == 1:  # a SHORT sits in the first two bytes of the value field
-            return struct.pack(">HHIHH", tag, kind, count, value, 0)
-        return struct.pack(">HHII", tag, kind, count, value)
-
-    ifd = struct.pack(">H", len(entries)) + b"".join(entry(*e) for e in entries) + struct.pack(">I", 0)
-    offsets = np.arange(pixels_at, pixels_at + strips, dtype=">u4").tobytes()
-    counts = np.ones(strips, dtype=">u4").tobytes()
-    return magic + struct.pack(">I", 8) + ifd + offsets + counts + bytes(strips)

@@ -38,9 +38,9 @@ CASES = {
     "png of 15 zTXt inflating to 1 MB each (inline size)": (hostile.png_text_bomb(), "image/png"),
     "png of 60 zTXt inflating to 1 MB each": (hostile.png_text_bomb(60), "image/png"),
     "png with a 4 MB iCCP profile": (hostile.png_text_bomb(1, 4_000_000, b"iCCP"), "image/png"),
-    "big-endian tiff of 400k strips": (hostile.tiff_strip_flood_big_endian(), "image/tiff"),
-    "tiff of 400k strips, magic MM*0": (hostile.tiff_strip_flood_big_endian(magic=b"MM*\x00"), "image/tiff"),
-    "tiff of 400k strips, magic MM0+": (hostile.tiff_strip_flood_big_endian(magic=b"MM\x00+"), "image/tiff"),
+    "big-endian tiff of 400k strips": (hostile.tiff_strip_flood(order=">"), "image/tiff"),
+    "tiff of 400k strips, magic MM*0": (hostile.tiff_strip_flood(order=">", magic=b"MM*\x00"), "image/tiff"),
+    "tiff of 400k strips, magic MM0+": (hostile.tiff_strip_flood(order=">", magic=b"MM\x00+"), "image/tiff"),
     "bigtiff of 200k strips": (hostile.bigtiff_strip_flood(), "image/tiff"),
 }
 
