@@ -4,6 +4,7 @@ header, the pool), and /ab's server-side corruption of large images kept off the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import threading
 
@@ -60,6 +61,19 @@ def test_the_per_image_and_per_request_pixel_limits_still_hold():
         d.shutdown()
 
 
+@contextlib.asynccontextmanager
+async def pool_held(d: Decoder):
+    """The decode pool's one thread busy until the block ends."""
+    release = threading.Event()
+    held = asyncio.ensure_future(d.pool.run(release.wait))
+    await asyncio.sleep(0.05)
+    try:
+        yield
+    finally:
+        release.set()
+        await held
+
+
 def test_large_images_are_corrupted_in_the_pool_small_ones_inline():
     """With the pool's one thread held and no queue, a 224-px RGB batch gets 503 decode_busy (it would
     have run in the pool); a 28x28 grey batch is corrupted inline all the same. Results equal
@@ -67,18 +81,12 @@ def test_large_images_are_corrupted_in_the_pool_small_ones_inline():
     photo = np.random.default_rng(0).integers(0, 256, (1, 3, 224, 224), dtype=np.uint8)
     small = np.random.default_rng(1).integers(0, 256, (4, 1, 28, 28), dtype=np.uint8)
     d = decoder(decode_queue_size=0)
-    release = threading.Event()
 
     async def run() -> None:
-        held = asyncio.ensure_future(d.pool.run(release.wait))
-        await asyncio.sleep(0.05)
-        try:
+        async with pool_held(d):
             with pytest.raises(DecodeBusy):
                 await d.corrupt(photo, "fog", 3, 7)
             np.testing.assert_array_equal(await d.corrupt(small, "fog", 3, 7), corrupt_images(small, "fog", 3, 7))
-        finally:
-            release.set()
-            await held
         np.testing.assert_array_equal(await d.corrupt(photo, "fog", 3, 7), corrupt_images(photo, "fog", 3, 7))
 
     try:
@@ -92,18 +100,12 @@ def test_a_large_photo_is_decoded_in_the_pool_a_small_one_inline():
     pool, for opening and decoding), a 200x150 one is decoded on the event loop all the same."""
     large, small = jpeg((4000, 3000)), jpeg((200, 150))
     d = decoder(decode_queue_size=0)
-    release = threading.Event()
 
     async def run() -> None:
-        held = asyncio.ensure_future(d.pool.run(release.wait))
-        await asyncio.sleep(0.05)
-        try:
+        async with pool_held(d):
             with pytest.raises(DecodeBusy):
                 await d.decode([Upload(large)], SPEC)
             assert (await d.decode([Upload(small)], SPEC)).shape == (1, 3, 224, 224)
-        finally:
-            release.set()
-            await held
 
     try:
         asyncio.run(run())
