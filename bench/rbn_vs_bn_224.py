@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
-from bench.rbn_vs_bn_latency import plain_export, profile_by_op, session
+from bench.rbn_vs_bn_latency import interleaved_ms, plain_export, profile_by_op, session
 from rbn.library.convert import convert_bn_to_rbn
 from rbn.library.export import export_onnx
 from rbn.library.intake import build_model
@@ -80,16 +79,7 @@ def main() -> None:
         print("|---" * (len(GRAPHS) + 3) + "|")
         for batch in batches:
             x = np.random.default_rng(0).standard_normal((batch, *SHAPE), dtype=np.float32)
-            reps = max(1, 8 // batch)
-            times: dict[str, list[float]] = {name: [] for name in sessions}
-            for s in sessions.values():  # warm-up
-                s.run(None, {"input": x})
-            for _ in range(args.rounds):
-                for name, s in sessions.items():
-                    start = time.perf_counter()
-                    for _ in range(reps):
-                        s.run(None, {"input": x})
-                    times[name].append((time.perf_counter() - start) / reps * 1e3)
+            times = interleaved_ms(sessions, x, args.rounds, reps=max(1, 8 // batch))
             ratio = [r / b for r, b in zip(times[GRAPHS[2]], times[GRAPHS[0]])]
             ratio_stats = [r / b for r, b in zip(times[GRAPHS[2]], times[GRAPHS[1]])]
             cells = " | ".join("{1:.1f} ms [{0:.1f}, {2:.1f}]".format(*quartiles(times[n])) for n in GRAPHS)

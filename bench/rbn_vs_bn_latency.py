@@ -81,6 +81,21 @@ def profile_by_op(data: bytes, x: np.ndarray, threads: int, runs: int = 200) -> 
     return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
 
+
+def interleaved_ms(sessions: dict[str, ort.InferenceSession], x: np.ndarray, rounds: int, reps: int) -> dict[str, list[float]]:
+    """Per session, ``rounds`` figures of milliseconds per run on ``x`` (each the mean of ``reps`` runs), the
+    sessions taking turns within every round so that a noisy machine hits them alike; one warm-up run each."""
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for s in sessions.values():
+        s.run(None, {"input": x})
+    for _ in range(rounds):
+        for name, s in sessions.items():
+            start = time.perf_counter()
+            for _ in range(reps):
+                s.run(None, {"input": x})
+            times[name].append((time.perf_counter() - start) / reps * 1e3)
+    return times
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnet20")
@@ -106,17 +121,8 @@ def main() -> None:
     print("|---" * (len(sessions) + 2) + "|")
     for batch in (int(b) for b in args.batches.split(",")):
         x = np.random.default_rng(0).standard_normal((batch, *shape), dtype=np.float32)
-        reps = max(1, 64 // batch)
-        times: dict[str, list[float]] = {name: [] for name in sessions}
-        for name, s in sessions.items():  # warm-up
-            s.run(None, {"input": x})
-        for _ in range(args.rounds):
-            for name, s in sessions.items():
-                start = time.perf_counter()
-                for _ in range(reps):
-                    s.run(None, {"input": x})
-                times[name].append((time.perf_counter() - start) / reps)
-        med = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+        times = interleaved_ms(sessions, x, args.rounds, reps=max(1, 64 // batch))
+        med = {name: statistics.median(t) for name, t in times.items()}
         base = med["BN (ordinary export)"]
         cells = " | ".join(f"{v:.3f} ms" for v in med.values())
         print(f"| {batch} | {cells} | {med['RBN folded'] / base:.2f} |")
