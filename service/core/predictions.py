@@ -29,8 +29,8 @@ def describe(probs: np.ndarray, stats: np.ndarray, scores: np.ndarray | None, la
     best = top_k(probs, k)
     answers = []
     for i, row in enumerate(best.tolist()):
-        p = probs[i].tolist()
-        top = [ClassScore(labels[j], j, p[j]) for j in row]
+        p = probs[i]
+        top = [ClassScore(labels[j], j, float(p[j])) for j in row]  # only the k read (1000 classes at ImageNet size)
         verdict = scorer.verdict(stats[i], None if scores is None else scores[i],
                                  None if uncalibrated is None else uncalibrated[i])
         answers.append(Prediction(top[0].label, top[0].index, top[0].probability, top, verdict))
