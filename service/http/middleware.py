@@ -124,15 +124,16 @@ class RequestGate:
         start = time.perf_counter()
         state.in_flight += 1
         try:
+            needs_key = self.access.required and not self.access.is_open(scope["path"])
             if problem is not None:
                 await self._refuse(scope, gated_send, 400, "bad_header", problem)
-            elif self.access.required and not self.access.is_open(scope["path"]) and not self.access.allows(authorization):
+            elif needs_key and not self.access.allows(authorization):
                 message = "this route needs an API key: send Authorization: Bearer <key>"
                 if authorization is not None:
                     message = "the API key is not accepted: send Authorization: Bearer <key> with a current key"
                 await self._refuse(scope, gated_send, 401, "unauthorized", message, {"WWW-Authenticate": CHALLENGE})
             else:
-                if self.access.required and not self.access.is_open(scope["path"]):
+                if needs_key:
                     context.principal = "api_key"
                 await self.app(scope, limited_receive, gated_send)
         except Exception as exc:
