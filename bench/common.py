@@ -211,11 +211,8 @@ class Service(procs.RbnServe):
 
 def python_env(extra: dict | None = None, root: Path = ROOT) -> dict:
     """Our environment with the repository (or another checkout, ``root``) importable and no
-    RBN_SERVE_* settings leaking in."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RBN_SERVE_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
-    env.update(extra or {})
-    return env
+    RBN_SERVE_* settings leaking in (``harness.procs.clean_env``, which the servers the tests start get too)."""
+    return procs.clean_env(root, extra)
 
 
 # --- pausing a background job (e.g. training) while measuring ----------------------------------
