@@ -163,10 +163,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def setting_flags(settings: dict[str, object]) -> list[str]:
     """``{"max_batch_size": 4, "access_log": True, "docs": False}`` -> ``["--max-batch-size", "4", "--access-log",
-    "--no-docs"]`` (a boolean setting is a flag pair, ``--x`` / ``--no-x``, that takes no value)."""
+    "--no-docs"]`` (a boolean setting is a flag pair, ``--x`` / ``--no-x``, that takes no value); ``None`` passes
+    no flag, so the server's own default applies."""
     flags: list[str] = []
     for key, value in settings.items():
         name = key.replace("_", "-")
+        if value is None:
+            continue
         if isinstance(value, bool):
             flags.append(f"--{name}" if value else f"--no-{name}")
         else:
@@ -185,12 +188,14 @@ def clean_env(root: Path = ROOT, extra: dict[str, str] | None = None) -> dict[st
 class RbnServe(ServerProcess):
     """``python -m service serve`` from the checkout ``root`` on 127.0.0.1 (an ephemeral port unless one is
     given), on the CPU: every setting in ``settings`` passed as its command-line flag, then ``flags`` (so they win),
-    and nothing from the caller's ``RBN_SERVE_*`` variables (``env`` adds variables of its own)."""
+    and nothing from the caller's ``RBN_SERVE_*`` variables (``env`` adds variables of its own). No drain delay
+    unless asked for (``drain_delay_s=None``: the server's default)."""
 
     def __init__(self, log_path: Path, *flags: str, port: int | None = None, root: Path = ROOT,
                  python: str = sys.executable, env: dict[str, str] | None = None, name: str = "rbn-serve",
                  popen: dict | None = None, **settings: object) -> None:
         port = port or free_port()
-        settings = {"host": "127.0.0.1", "port": port, "providers": "cpu", **settings}
+        # No drain delay unless a test asks for one: the 5 s default would add 5 s to every stop.
+        settings = {"host": "127.0.0.1", "port": port, "providers": "cpu", "drain_delay_s": 0, **settings}
         args = [python, "-m", "service", "serve", *setting_flags(settings), *flags]  # the flags win
         super().__init__(args, port, log_path, name=name, cwd=root, env=clean_env(root, env), **(popen or {}))

@@ -174,8 +174,10 @@ class Settings(BaseSettings):
     """Fraction of /predict requests whose images also run on the model's baseline, off the request path."""
     shadow_max_pending: int = Field(1024, ge=1)
     """Shadow runs waiting or running at most; beyond it they are dropped (counted as backlog)."""
-    drain_delay_s: float = Field(0.0, ge=0.0)
-    """After SIGTERM: seconds to keep serving with readiness false before closing the listener."""
+    drain_delay_s: float = Field(5.0, ge=0.0)
+    """After SIGTERM: seconds to keep serving with readiness false before closing the listener, so a load
+    balancer that polls /readyz marks the replica down first (longer than its check interval times its fall
+    count). Ctrl-C (SIGINT) skips it: a person at a terminal has no balancer to wait for."""
     graceful_timeout_s: float = Field(30.0, gt=0.0)
     """After the listener closes: the longest wait for in-flight requests to finish."""
 

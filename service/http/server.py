@@ -82,10 +82,13 @@ class DrainingServer(uvicorn.Server):
             return
         self._draining = True
         self.state.begin_drain()
+        # SIGTERM comes from an orchestrator (Kubernetes, docker stop, systemd): keep serving while its
+        # balancer notices /readyz is false. SIGINT is Ctrl-C at a terminal: nobody routes to it, stop now.
+        delay = self.drain_delay_s if sig != signal.SIGINT else 0.0
         log.info("signal %s: draining (delay %.1f s, then up to %.0f s for in-flight requests)",
-                 signal.Signals(sig).name, self.drain_delay_s, self.config.timeout_graceful_shutdown or 0)
-        if self.drain_delay_s > 0:
-            timer = threading.Timer(self.drain_delay_s, self._stop_accepting)
+                 signal.Signals(sig).name, delay, self.config.timeout_graceful_shutdown or 0)
+        if delay > 0:
+            timer = threading.Timer(delay, self._stop_accepting)
             timer.daemon = True
             timer.start()
         else:

@@ -14,17 +14,17 @@ connections to listening sockets only, so a new or replacement worker takes no c
 answer it (with one shared socket, a replacement took half the connections and answered 503 not_ready
 while it loaded). Afterwards the parent only waits:
 
-- SIGTERM or SIGINT: one SIGTERM to every worker; each drains as a lone server does, and the parent
-  exits when all have: 0 if every worker exited 0. A second SIGTERM is not passed on (each worker gets
-  one: a second one would cut its drain short); a second SIGINT is (a second Ctrl-C stops the workers
-  without waiting).
+- SIGTERM or SIGINT: the same signal once to every worker; each drains as a lone server does (SIGTERM
+  after the drain delay, SIGINT without it), and the parent exits when all have: 0 if every worker
+  exited 0. A second SIGTERM is not passed on (each worker gets one: a second one would cut its drain
+  short); a second SIGINT is (a second Ctrl-C stops the workers without waiting).
 - A worker that exits 1 could not start or hit a fatal error (a bad bundle or key file): the others
   are stopped and the parent exits 1, as a lone server would.
 - A worker that dies otherwise (killed, crashed) is replaced at once. More than ``MAX_DEATHS``
   deaths within ``DEATH_WINDOW_S`` stop the server (exit 1) instead of looping.
 
 Workers sit in their own process group, so a terminal's Ctrl-C reaches only the parent (which
-passes one SIGTERM on), and ask Linux for SIGTERM should the parent die (``PR_SET_PDEATHSIG``).
+passes one SIGINT on), and ask Linux for SIGTERM should the parent die (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
@@ -179,8 +179,8 @@ class Supervisor:
         if not self.stopping:
             self.stopping = True
             log.info("signal %s: stopping %d worker(s)", signal.Signals(sig).name, len(self.children))
-            self._send(signal.SIGTERM)
-        elif sig != signal.SIGTERM:  # every worker has had its one SIGTERM
+            self._send(sig)  # the same signal: SIGTERM drains after the delay, SIGINT (Ctrl-C) without it
+        elif sig != signal.SIGTERM:  # every worker has had its one stop signal
             self._send(sig)
 
     def _send(self, sig: int) -> None:

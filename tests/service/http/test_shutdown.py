@@ -213,3 +213,34 @@ def test_an_inference_that_never_returns_does_not_hold_the_exit(slow_repo, tmp_p
     log = server.log()
     assert "a batch of 1 request(s) still ran after 1.0 s" in log
     assert "exiting with work still running: test-slow: 1 batch(es)" in log
+
+
+def test_sigterm_waits_the_default_drain_delay_and_ctrl_c_does_not(bundle_repo, tmp_path):
+    """No --drain-delay-s: SIGTERM (an orchestrator) keeps serving for the default delay with readiness false;
+    SIGINT (Ctrl-C at a terminal) stops accepting at once and exits 0."""
+    from service.core.config import Settings
+
+    default = Settings.model_fields["drain_delay_s"].default
+    assert default >= 3.0  # longer than the shipped HAProxy gateway's mark-down (tests/deploy/test_deploy_compose.py)
+    term = ServiceProcess(bundle_repo, tmp_path / "term.log", drain_delay_s=None).wait_ready()
+    try:
+        started = time.monotonic()
+        term.proc.send_signal(signal.SIGTERM)
+        poll(lambda: readyz(term.url) == (503, "draining"), default, "readiness to turn false")
+        during = httpx.post(term.url + "/predict", content=IMAGE, headers={"Content-Type": "image/png"}, timeout=60)
+        assert during.status_code == 200, during.text  # still serving inside the delay
+        assert term.proc.wait(60) == 0
+        assert time.monotonic() - started >= default
+    finally:
+        term.stop()
+    assert f"signal SIGTERM: draining (delay {default:.1f} s" in term.log()
+
+    interrupted = ServiceProcess(bundle_repo, tmp_path / "int.log", drain_delay_s=None).wait_ready()
+    try:
+        started = time.monotonic()
+        interrupted.proc.send_signal(signal.SIGINT)
+        assert interrupted.proc.wait(60) == 0
+        assert time.monotonic() - started < default
+    finally:
+        interrupted.stop()
+    assert "signal SIGINT: draining (delay 0.0 s" in interrupted.log()

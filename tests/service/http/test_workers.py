@@ -133,6 +133,19 @@ def test_sigterm_stops_every_worker_and_exits_0(served_repo, tmp_path):
     assert server.log().count("Finished server process") == 2
 
 
+def test_ctrl_c_reaches_every_worker_as_sigint_and_skips_the_drain_delay(served_repo, tmp_path):
+    """The workers sit in their own process group: the parent passes Ctrl-C on as SIGINT, so no worker waits the
+    (default, 5 s) drain delay that SIGTERM gets."""
+    server = ServiceProcess(served_repo, tmp_path / "server.log", workers=2, drain_delay_s=None).wait_ready()
+    wait_for(lambda: len(c := children(server.pid)) == 2 and c, 30, "two workers")
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGINT)
+    assert server.proc.wait(60) == 0
+    assert time.monotonic() - started < Settings.model_fields["drain_delay_s"].default
+    server.stop()
+    assert server.log().count("signal SIGINT: draining (delay 0.0 s") == 2
+
+
 def test_a_worker_that_cannot_start_stops_the_server_with_exit_1(served_repo, tmp_path):
     server = ServiceProcess(served_repo, tmp_path / "server.log", workers=2, primary_model="no-such-model")
     assert server.proc.wait(60) == 1
