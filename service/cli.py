@@ -169,7 +169,7 @@ class _Parser(argparse.ArgumentParser):
 HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "server": ("host", "port", "workers", "listen_backlog", "drain_delay_s", "graceful_timeout_s"),
     "models": ("model_repository", "primary_model", "providers", "intra_op_threads", "cuda_device", "max_batch_size",
-               "max_queue_delay_ms", "instances", "default_top_k", "shadow_fraction", "shadow_max_pending",
+               "max_queue_delay_ms", "instances", "batch_size_search", "default_top_k", "shadow_fraction", "shadow_max_pending",
                "cuda_conv_algo_search", "cuda_mem_limit_bytes", "cuda_arena_extend_strategy", "cuda_preload_dlls"),
     "limits": (),
     "security": ("api_key", "api_key_file", "docs"),

@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+# A batch size counts as fast as the fastest when its time per image is within 10% of it (timing noise).
+BATCH_TOLERANCE = 1.10
 
 
 class ProviderError(RuntimeError):
@@ -193,6 +195,25 @@ class ModelRuntime:
             self._keep_single_if_faster(zeros[:1])
         return time.perf_counter() - start
 
+    def fastest_batch(self, max_batch_size: int, rounds: int = 3, tolerance: float = BATCH_TOLERANCE
+                      ) -> tuple[int, dict[int, float]]:
+        """The batch cap with the most images per second, and the per-image milliseconds it was chosen from: each
+        of 1, 2, 4, ... and ``max_batch_size`` timed ``rounds`` times, interleaved; its fastest run counts (another
+        job on the machine only ever slows a run down). The largest size within ``tolerance`` of the fastest
+        per-image time wins: a larger batch also spreads the batcher's own work."""
+        spec = self.meta.input
+        zeros = np.zeros((max_batch_size, spec.channels, spec.height, spec.width), np.float32)
+        sizes = batch_candidates(max_batch_size)
+        timings: dict[int, list[float]] = {n: [] for n in sizes}
+        for _ in range(rounds):
+            for n in sizes:
+                started = time.perf_counter()
+                self.run(zeros[:n])
+                timings[n].append((time.perf_counter() - started) / n)
+        per_image = {n: min(t) * 1e3 for n, t in timings.items()}
+        best = min(per_image.values())
+        return max(n for n, ms in per_image.items() if ms <= best * tolerance), per_image
+
     def _keep_single_if_faster(self, one: np.ndarray, rounds: int = 9) -> None:
         """Time one image on both sessions, interleaved; drop the one-thread session unless its median wins."""
         feeds = {self.input_name: one}
@@ -208,6 +229,12 @@ class ModelRuntime:
         log.info("%s: one image takes %.3f ms on 1 thread, %.3f ms on %d; single images run on %s",
                  self.meta.name, single, shared, self.intra_op_threads,
                  "1 thread" if self._single is not None else "the shared session")
+
+
+def batch_candidates(max_batch_size: int) -> list[int]:
+    """1, 2, 4, ... below ``max_batch_size``, then ``max_batch_size`` itself."""
+    sizes = [1 << k for k in range(max_batch_size.bit_length()) if 1 << k < max_batch_size]
+    return [*sizes, max_batch_size]
 
 
 def _load(meta: BundleMeta, onnx_file: str | os.PathLike, options: ort.SessionOptions,
