@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = ("README.md", "docs/install.md", "docs/api.md", "docs/workbench.md", "docs/ood.md", "docs/metrics.md",
              "docs/configuration.md", "docs/library.md", "docs/deployment.md")
 NO_RUN_REASONS = ("needs a GPU", "needs Docker", "needs Docker and a GPU", "long training run",
-                  "runs the whole test suite", "starts the server", "needs a fresh machine")
+                  "runs the whole test suite", "starts the server", "needs a fresh machine",
+                  "builds the ImageNet pair (tests/rbn/experiments/test_imagenet_pair.py runs it)")
 BLOCK = re.compile(r"^```(\w+)[^\n]*\n(.*?)^```\s*$", re.M | re.S)
 NO_RUN = re.compile(r"<!--\s*no-run:\s*(.*?)\s*-->\s*$")
 RUN_LANGUAGES = {"bash": "shell", "sh": "shell", "shell": "shell", "python": "python"}
