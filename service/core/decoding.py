@@ -65,21 +65,39 @@ class Pool:
     async def run(self, fn: Callable[..., T], *args) -> T:
         """``fn(*args)`` in the pool; 503 at once when it is full."""
         self.reserve(1)
-        return await self._reserved(fn, *args)
-
-    async def _reserved(self, fn: Callable[..., T], *args) -> T:
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-        finally:
-            self.jobs -= 1
+        return await self._submit(fn, *args)
 
     async def map(self, fn: Callable[..., T], items: list) -> list[T | BaseException]:
         """``fn(item)`` for every item, concurrently, all places taken at once (or none); results or exceptions."""
         self.reserve(len(items))
-        return await asyncio.gather(*(self._reserved(fn, item) for item in items), return_exceptions=True)
+        return await asyncio.gather(*(self._submit(fn, item) for item in items), return_exceptions=True)
+
+    def _submit(self, fn: Callable[..., T], *args) -> asyncio.Future[T]:
+        """Hand one reserved job to a thread at once; its place comes back when the job is over: done, or cancelled
+        before a thread took it. (A coroutine that released it in ``finally`` leaked the place when its caller was
+        cancelled before the coroutine first ran, and freed it early when the caller left mid-decode.)"""
+        loop = asyncio.get_running_loop()
+        try:
+            job = self._executor.submit(fn, *args)
+        except BaseException:
+            self.jobs -= 1
+            raise
+        job.add_done_callback(lambda _: _call_on(loop, self._release))
+        return asyncio.wrap_future(job, loop=loop)
+
+    def _release(self) -> None:
+        self.jobs -= 1
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _call_on(loop: asyncio.AbstractEventLoop, fn: Callable[[], object]) -> None:
+    """``fn`` on ``loop``'s thread, from any thread; nothing once the loop is closed (the server is gone)."""
+    try:
+        loop.call_soon_threadsafe(fn)
+    except RuntimeError:
+        pass
 
 
 class Decoder:
