@@ -153,6 +153,10 @@ class Processes:
                gone: Callable[[], bool] | None) -> tuple[np.ndarray, int]:
         """``decode_file`` in a worker process, stopped after ``timeout_s`` seconds or ``cpu_s`` seconds of
         its CPU, or when ``gone()``; runs in a pool thread (it blocks)."""
+        if gone is not None and gone():
+            # Left while the job waited for a thread (a burst of clients closing at once): no worker to stop and
+            # replace. Killing one per departed client cost a process start each and held the pool for seconds.
+            raise ClientGone("the client left before its image was decoded")
         worker = self._take()
         try:
             worker.conn.send((data, spec, max_pixels))

@@ -10,8 +10,10 @@ import threading
 
 import pytest
 
+from service.core.decodeproc import Processes
 from service.core.decoding import Pool
-from service.core.errors import DecodeBusy
+from service.core.errors import ClientGone, DecodeBusy
+from tests.photo_bundles import spec
 
 
 def gate() -> tuple[threading.Event, threading.Event, callable]:
@@ -97,3 +99,15 @@ def test_places_are_counted_while_jobs_run_and_a_full_pool_refuses_at_once():
         await settle(pool, 0)
 
     asyncio.run(main())
+
+
+def test_a_job_whose_client_already_left_touches_no_worker_process():
+    """Clients that close together (a load balancer's retry, a load test's end) leave their jobs queued; each must
+    end at once when a thread takes it, not start a decode only to kill and replace the worker process."""
+    processes = Processes(1)
+    try:
+        with pytest.raises(ClientGone, match="before its image was decoded"):
+            processes.decode(b"not even an image", spec(64), 10_000, 10.0, 2.0, lambda: True)
+        assert processes.killed == 0 and not processes._all  # no worker started, none killed
+    finally:
+        processes.shutdown()
