@@ -223,3 +223,17 @@ def test_ood_cost_end_to_end(bench_repo):
     assert rows[0]["ratio to the first"] == "1.000" and rows[1]["outputs fetched"] == "logits"
     for row in rows:
         positive(row["ms per batch (median)"])
+
+
+def test_photo_serving_end_to_end(bench_repo):
+    """bench/photo_serving.py on the test bundle (any bundle's input spec takes a JPEG): one row per photo,
+    the in-process limit and the service both measured, the ratio theirs."""
+    done = run_script("bench/photo_serving.py", "--repository", str(bench_repo), "--model", RBN, "--rounds", "1",
+                      "--seconds", "0.5", "--warmup", "1", "--duration", "2", "--batches", "1,4", timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = table(done.stdout, "photo")
+    assert [r["photo"].split(" (")[0] for r in rows] == ["chelsea 451x300", "chelsea 12 MP"]
+    for r in rows:
+        limit, served = positive(r["in-process limit, img/s (best batch)"]), positive(r["service, req/s"])
+        assert re.search(r"\(batch [14]\)", r["in-process limit, img/s (best batch)"])
+        assert float(r["service / limit"].strip("*")) == pytest.approx(served / limit, abs=0.01)
