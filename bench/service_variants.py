@@ -5,7 +5,7 @@ drive it with wrk (raw-body POST of one sample image to ``--route``) for a fixed
 the CPU time of its threads from /proc, stop it. Prints a Markdown table of medians over the
 rounds: req/s, p99, CPU of the event-loop thread per request (the process's main thread; with
 ``--workers``, every worker's main thread summed) and the CPU of all its other threads (ONNX
-Runtime's workers, idle decode threads) in cores. Interleaving the variants, in an order that
+Runtime's workers, the decode threads and decode processes) in cores. Interleaving the variants, in an order that
 rotates from round to round, is what makes a comparison on a noisy machine fair.
 
     python bench/service_variants.py --variant "1 thread=--intra-op-threads 1" \\
@@ -81,6 +81,14 @@ def thread_cpu_s(pid: int) -> dict[int, float]:
     return times
 
 
+def _decode_process(pid: int) -> bool:
+    """The forkserver of the decode processes, or one of them (forked from it: the same command line)."""
+    try:
+        return b"multiprocessing.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def measure(variant: Variant, wrk: Wrk, repository: Path, route: str, concurrency: int, warmup: int, duration: int,
             log_dir: Path, timeout: float) -> Sample:
     server = start_service(repository, "cpu", 0, variant.flags, log_dir, timeout, root=variant.root)
@@ -95,8 +103,10 @@ def measure(variant: Variant, wrk: Wrk, repository: Path, route: str, concurrenc
     finally:
         server.stop()
     used = {tid: after[tid] - before.get(tid, 0.0) for tid in after}
-    # the event loops: the main thread of each process (one, or each worker's; a supervisor's is idle)
-    loop = sum(used.pop(process, 0.0) for process in processes)
+    # the event loops: the main thread of each server process (one, or each worker's; a supervisor's is idle);
+    # the decode processes (the forkserver's children, service.core.decodeproc) decode on their main thread,
+    # which counts with the other threads
+    loop = sum(used.pop(process, 0.0) for process in processes if not _decode_process(process))
     return Sample(load.per_s, load.p99_ms, 1000 * loop / max(1, load.requests), sum(used.values()) / wall,
                   load.errors + load.non_2xx)
 
