@@ -96,8 +96,9 @@ class Settings(BaseSettings):
     """Batches of one model that may run at the same time (Triton's instance count)."""
     batch_size_search: Literal["auto", "on", "off"] = "auto"
     """At warm-up, time batches of 1, 2, 4, ... max_batch_size images and let the batcher form batches only up to the
-    largest size within 10% of the best time per image: on a CPU, a batch of 32 images of a 224-px model can cost
-    twice as much per image as one image (its activations leave the caches); on a GPU the largest usually wins.
+    largest size within 10% of the best time per image. On a CPU whether a batch of 224-px images pays depends on
+    the machine and what else runs on it (a batch's activations leave the caches; another job slows a long
+    multi-threaded run the most); on a GPU the largest usually wins.
     auto: for inputs of at least 96x96 pixels (smaller ones always gain from full batches)."""
 
     # --- limits -----------------------------------------------------------------------------
