@@ -58,6 +58,17 @@ class Held:
         return self.run(x)
 
 
+async def occupied(run=None, **settings) -> tuple[Held, Batcher, asyncio.Future]:
+    """A started batcher of model "m" whose first request (``image(1.0)``) is inside ``run`` (held there until the
+    test sets ``held.release``): the slot is busy, so what the test submits next queues."""
+    held = Held(run) if run is not None else Held()
+    batcher = Batcher("m", held, **settings)
+    batcher.start()
+    first = asyncio.ensure_future(batcher.submit(image(1.0)))
+    await asyncio.to_thread(held.entered.wait, 30)
+    return held, batcher, first
+
+
 def in_context(batcher: Batcher, x: np.ndarray, request_id: str = "r", gone=None, deadline=None):
     async def submit():
         request_context.current.set(request_context.RequestContext(request_id, client_gone=gone, deadline=deadline))
@@ -137,11 +148,7 @@ def test_a_request_holds_one_to_max_batch_size_images():
 
 def test_refusals_name_the_model_and_why():
     async def main():
-        held = Held()
-        batcher = Batcher("m", held, max_batch_size=1, max_queue_delay_s=0.0, max_queue_size=2, retry_after_s=7)
-        batcher.start()
-        running = asyncio.ensure_future(batcher.submit(image(1.0)))
-        await asyncio.to_thread(held.entered.wait, 30)
+        held, batcher, running = await occupied(max_batch_size=1, max_queue_delay_s=0.0, max_queue_size=2, retry_after_s=7)
         waiting = [asyncio.ensure_future(batcher.submit(image(2.0)))]  # taken into the batch that waits for the slot
         await until(lambda: batcher.pending == 2 and batcher.queued_images == 0)
         waiting += [asyncio.ensure_future(batcher.submit(image(2.0))) for _ in range(2)]  # queued: 2 of 2
@@ -195,11 +202,7 @@ def test_the_tasks_are_named_after_the_model_and_stop_ends_them():
 
 def test_stop_waits_for_the_running_batch_and_returns_as_soon_as_it_ends():
     async def main():
-        held = Held()
-        batcher = Batcher("m", held, max_batch_size=1, max_queue_delay_s=0.0, max_queue_size=2)
-        batcher.start()
-        running = asyncio.ensure_future(batcher.submit(image(1.0)))
-        await asyncio.to_thread(held.entered.wait, 30)
+        held, batcher, running = await occupied(max_batch_size=1, max_queue_delay_s=0.0, max_queue_size=2)
         asyncio.get_running_loop().call_later(0.1, held.release.set)
         started = time.monotonic()
         await batcher.stop()  # the default: up to 30 s
@@ -236,11 +239,7 @@ def test_a_lone_request_on_an_idle_batcher_goes_to_a_worker_before_the_dispatche
 
 def test_only_a_full_queue_is_swept_on_submit():
     async def main():
-        held = Held()
-        batcher = Batcher("m", held, max_batch_size=1, max_queue_delay_s=0.0, max_queue_size=2, max_queue_wait_s=1000)
-        batcher.start()  # the watchdog's first sweep is a second away
-        running = asyncio.ensure_future(batcher.submit(image(1.0)))
-        await asyncio.to_thread(held.entered.wait, 30)
+        held, batcher, running = await occupied(max_batch_size=1, max_queue_delay_s=0.0, max_queue_size=2, max_queue_wait_s=1000)  # the watchdog's first sweep is a second away
         aside = asyncio.ensure_future(batcher.submit(image(2.0)))
         await until(lambda: batcher.pending == 2 and batcher.queued_images == 0)
         gone = in_context(batcher, image(5.0), "left", gone=lambda: left)
@@ -281,11 +280,7 @@ def test_the_defaults_of_a_batcher():
 
 def test_with_a_free_slot_a_batch_waits_max_queue_delay_for_company_and_no_longer():
     async def main():
-        held = Held()
-        batcher = Batcher("m", held, max_batch_size=8, max_queue_delay_s=0.3, max_queue_size=16, instances=2)
-        batcher.start()
-        first = asyncio.ensure_future(batcher.submit(image(1.0)))
-        await asyncio.to_thread(held.entered.wait, 30)
+        held, batcher, first = await occupied(max_batch_size=8, max_queue_delay_s=0.3, max_queue_size=16, instances=2)
         held.entered.clear()
         sent = time.monotonic()
         second = asyncio.ensure_future(batcher.submit(image(2.0)))
@@ -303,11 +298,7 @@ def test_with_a_free_slot_a_batch_waits_max_queue_delay_for_company_and_no_longe
 
 def test_a_full_batch_goes_at_once_without_waiting_the_delay():
     async def main():
-        held = Held()
-        batcher = Batcher("m", held, max_batch_size=3, max_queue_delay_s=2.0, max_queue_size=16, instances=2)
-        batcher.start()
-        first = asyncio.ensure_future(batcher.submit(image(1.0)))
-        await asyncio.to_thread(held.entered.wait, 30)
+        held, batcher, first = await occupied(max_batch_size=3, max_queue_delay_s=2.0, max_queue_size=16, instances=2)
         held.entered.clear()
         sent = time.monotonic()
         full = asyncio.ensure_future(batcher.submit(image(2.0, 3)))  # exactly max_batch_size images
@@ -364,12 +355,7 @@ def held_batches(*results: BatchSlice) -> bool:
 # --- requests nobody waits for ---------------------------------------------------------------------------------------
 def test_a_request_past_its_deadline_or_its_queue_wait_is_answered_and_dropped():
     async def main():
-        held = Held()
-        batcher = Batcher("m", held, max_batch_size=1, max_queue_delay_s=0.0, max_queue_size=8,
-                          max_queue_wait_s=0.2, retry_after_s=4)
-        batcher.start()
-        running = asyncio.ensure_future(batcher.submit(image(1.0)))
-        await asyncio.to_thread(held.entered.wait, 30)
+        held, batcher, running = await occupied(max_batch_size=1, max_queue_delay_s=0.0, max_queue_size=8, max_queue_wait_s=0.2, retry_after_s=4)
         expired = in_context(batcher, image(2.0), "late", deadline=time.monotonic() + 0.05)
         patient = asyncio.ensure_future(batcher.submit(image(3.0)))
         await asyncio.sleep(0.6)  # past both; the watchdog (every 0.2 / 4 s) answers them while the slot is busy
@@ -435,11 +421,7 @@ def test_a_client_gone_before_queueing_is_never_queued():
 
 def test_a_full_queue_gives_the_places_of_gone_clients_up_first():
     async def main():
-        held = Held()
-        batcher = Batcher("m", held, max_batch_size=1, max_queue_delay_s=0.0, max_queue_size=2)
-        batcher.start()
-        running = asyncio.ensure_future(batcher.submit(image(1.0)))
-        await asyncio.to_thread(held.entered.wait, 30)
+        held, batcher, running = await occupied(max_batch_size=1, max_queue_delay_s=0.0, max_queue_size=2)
         left = {"flag": False}
         aside = asyncio.ensure_future(batcher.submit(image(2.0)))  # taken into the forming batch
         await until(lambda: batcher.pending == 2 and batcher.queued_images == 0)
@@ -530,11 +512,7 @@ def test_a_retry_where_every_request_fails_counts_one_failed_batch():
         raise RuntimeError("always")
 
     async def main():
-        held = Held(never)
-        batcher = Batcher("m", held, max_batch_size=4, max_queue_delay_s=0.0, max_queue_size=8)
-        batcher.start()
-        first = asyncio.ensure_future(batcher.submit(image(1.0)))
-        await asyncio.to_thread(held.entered.wait, 30)
+        held, batcher, first = await occupied(never, max_batch_size=4, max_queue_delay_s=0.0, max_queue_size=8)
         rest = [asyncio.ensure_future(batcher.submit(image(2.0))) for _ in range(2)]
         await until(lambda: batcher.pending == 3 and batcher.queued_images == 0)
         held.release.set()
@@ -550,11 +528,7 @@ def test_a_retry_where_every_request_fails_counts_one_failed_batch():
 
 def test_requests_of_different_shapes_in_one_batch_are_run_alone():
     async def main():
-        held = Held()
-        batcher = Batcher("m", held, max_batch_size=4, max_queue_delay_s=0.0, max_queue_size=8)
-        batcher.start()
-        first = asyncio.ensure_future(batcher.submit(image(1.0)))
-        await asyncio.to_thread(held.entered.wait, 30)
+        held, batcher, first = await occupied(max_batch_size=4, max_queue_delay_s=0.0, max_queue_size=8)
         square = asyncio.ensure_future(batcher.submit(image(2.0)))
         wide = asyncio.ensure_future(batcher.submit(np.full((1, 2, 3), 3.0, np.float32)))
         await until(lambda: batcher.pending == 3 and batcher.queued_images == 0)
@@ -606,11 +580,7 @@ def test_outputs_with_the_wrong_number_of_rows_fail_every_request_of_the_batch(c
         return (x.reshape(len(x), -1).sum(axis=1)[:1],)  # a model that drops the batch axis
 
     async def main():
-        held = Held(one_row)
-        batcher = Batcher("m", held, max_batch_size=4, max_queue_delay_s=0.0, max_queue_size=8)
-        batcher.start()
-        first = asyncio.ensure_future(batcher.submit(image(1.0)))
-        await asyncio.to_thread(held.entered.wait, 30)
+        held, batcher, first = await occupied(one_row, max_batch_size=4, max_queue_delay_s=0.0, max_queue_size=8)
         rest = [in_context(batcher, image(2.0), f"r{i}") for i in range(2)]
         await until(lambda: batcher.pending == 3 and batcher.queued_images == 0)
         held.release.set()
@@ -638,11 +608,7 @@ def test_a_retry_that_dies_outright_still_answers_every_request(caplog):
         raise Interrupted("stop")
 
     async def main():
-        held = Held(interrupted)
-        batcher = Batcher("m", held, max_batch_size=4, max_queue_delay_s=0.0, max_queue_size=8)
-        batcher.start()
-        first = asyncio.ensure_future(batcher.submit(image(1.0)))
-        await asyncio.to_thread(held.entered.wait, 30)
+        held, batcher, first = await occupied(interrupted, max_batch_size=4, max_queue_delay_s=0.0, max_queue_size=8)
         pair = [asyncio.ensure_future(batcher.submit(image(2.0))) for _ in range(2)]
         await until(lambda: batcher.pending == 3 and batcher.queued_images == 0)
         held.release.set()
@@ -669,11 +635,7 @@ def test_outputs_that_cannot_be_delivered_fail_the_rest_and_are_logged(caplog, r
         return sums(x)
 
     async def main():
-        held = Held(run)
-        batcher = Batcher("m", held, max_batch_size=4, max_queue_delay_s=0.0, max_queue_size=8, observer=observer)
-        batcher.start()
-        first = asyncio.ensure_future(batcher.submit(image(1.0)))
-        await asyncio.to_thread(held.entered.wait, 30)
+        held, batcher, first = await occupied(run, max_batch_size=4, max_queue_delay_s=0.0, max_queue_size=8, observer=observer)
         pair = [asyncio.ensure_future(batcher.submit(image(2.0))) for _ in range(2)]
         await until(lambda: batcher.pending == 3 and batcher.queued_images == 0)
         held.release.set()
@@ -735,11 +697,7 @@ def test_the_canary_is_one_image_of_zeros_in_no_request_context(caplog):
 
 def test_the_watchdog_sweeps_at_least_every_second():
     async def main():
-        held = Held()
-        batcher = Batcher("m", held, max_batch_size=1, max_queue_delay_s=0.0, max_queue_size=8, max_queue_wait_s=1000)
-        batcher.start()
-        running = asyncio.ensure_future(batcher.submit(image(1.0)))
-        await asyncio.to_thread(held.entered.wait, 30)
+        held, batcher, running = await occupied(max_batch_size=1, max_queue_delay_s=0.0, max_queue_size=8, max_queue_wait_s=1000)
         aside = asyncio.ensure_future(batcher.submit(image(2.0)))
         await until(lambda: batcher.pending == 2 and batcher.queued_images == 0)
         left = {"flag": False}
@@ -760,11 +718,7 @@ def test_the_watchdog_sweeps_at_least_every_second():
 
 def test_a_dispatcher_that_dies_while_stopping_is_not_a_failure(caplog):
     async def main():
-        held = Held()
-        batcher = Batcher("m", held, max_batch_size=1, max_queue_delay_s=0.0, max_queue_size=8)
-        batcher.start()
-        running = asyncio.ensure_future(batcher.submit(image(1.0)))
-        await asyncio.to_thread(held.entered.wait, 30)
+        held, batcher, running = await occupied(max_batch_size=1, max_queue_delay_s=0.0, max_queue_size=8)
         queued = asyncio.ensure_future(batcher.submit(image(2.0)))
         await until(lambda: batcher.pending == 2 and batcher.queued_images == 0)
         stopping = asyncio.ensure_future(batcher.stop(0.3))
@@ -789,11 +743,7 @@ def test_a_dispatcher_that_dies_while_stopping_is_not_a_failure(caplog):
 # --- stop and a dead dispatcher ------------------------------------------------------------------------------------------
 def test_stop_answers_what_is_left_and_logs_a_batch_still_running(caplog):
     async def main():
-        held = Held()
-        batcher = Batcher("m", held, max_batch_size=1, max_queue_delay_s=0.0, max_queue_size=8)
-        batcher.start()
-        running = asyncio.ensure_future(batcher.submit(image(1.0)))
-        await asyncio.to_thread(held.entered.wait, 30)
+        held, batcher, running = await occupied(max_batch_size=1, max_queue_delay_s=0.0, max_queue_size=8)
         queued = [asyncio.ensure_future(batcher.submit(image(2.0))) for _ in range(2)]
         await until(lambda: batcher.pending == 3)
         with caplog.at_level(logging.ERROR, logger="service.core.batching"):
@@ -814,11 +764,7 @@ def test_stop_answers_what_is_left_and_logs_a_batch_still_running(caplog):
 
 def test_a_dead_dispatcher_says_why_and_refuses_every_request(caplog):
     async def main():
-        held = Held()
-        batcher = Batcher("m", held, max_batch_size=1, max_queue_delay_s=0.0, max_queue_size=8)
-        batcher.start()
-        running = asyncio.ensure_future(batcher.submit(image(1.0)))
-        await asyncio.to_thread(held.entered.wait, 30)
+        held, batcher, running = await occupied(max_batch_size=1, max_queue_delay_s=0.0, max_queue_size=8)
         queued = asyncio.ensure_future(batcher.submit(image(2.0)))
         more = asyncio.ensure_future(batcher.submit(image(3.0)))
         await until(lambda: batcher.pending == 3)
