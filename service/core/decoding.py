@@ -65,25 +65,30 @@ class Pool:
     async def run(self, fn: Callable[..., T], *args) -> T:
         """``fn(*args)`` in the pool; 503 at once when it is full."""
         self.reserve(1)
-        return await self._submit(fn, *args)
+        (job,) = self._submit(fn, [args])
+        return await job
 
     async def map(self, fn: Callable[..., T], items: list) -> list[T | BaseException]:
         """``fn(item)`` for every item, concurrently, all places taken at once (or none); results or exceptions."""
         self.reserve(len(items))
-        return await asyncio.gather(*(self._submit(fn, item) for item in items), return_exceptions=True)
+        return await asyncio.gather(*self._submit(fn, [(item,) for item in items]), return_exceptions=True)
 
-    def _submit(self, fn: Callable[..., T], *args) -> asyncio.Future[T]:
-        """Hand one reserved job to a thread at once; its place comes back when the job is over: done, or cancelled
-        before a thread took it. (A coroutine that released it in ``finally`` leaked the place when its caller was
-        cancelled before the coroutine first ran, and freed it early when the caller left mid-decode.)"""
+    def _submit(self, fn: Callable[..., T], calls: list[tuple]) -> list[asyncio.Future[T]]:
+        """Hand reserved jobs (a place each, already taken) to the threads at once; a job's place comes back when it
+        is over: done, or cancelled before a thread took it, or never handed over (the pool shut down). A coroutine
+        that released it in ``finally`` leaked the place when its caller was cancelled before the coroutine first
+        ran, and freed it early when the caller left mid-decode."""
         loop = asyncio.get_running_loop()
+        jobs: list[asyncio.Future[T]] = []
         try:
-            job = self._executor.submit(fn, *args)
+            for args in calls:
+                job = self._executor.submit(fn, *args)
+                job.add_done_callback(lambda _: _call_on(loop, self._release))
+                jobs.append(asyncio.wrap_future(job, loop=loop))
         except BaseException:
-            self.jobs -= 1
+            self.jobs -= len(calls) - len(jobs)
             raise
-        job.add_done_callback(lambda _: _call_on(loop, self._release))
-        return asyncio.wrap_future(job, loop=loop)
+        return jobs
 
     def _release(self) -> None:
         self.jobs -= 1

@@ -111,3 +111,16 @@ def test_a_job_whose_client_already_left_touches_no_worker_process():
         assert processes.killed == 0 and not processes._all  # no worker started, none killed
     finally:
         processes.shutdown()
+
+
+def test_jobs_a_shut_down_pool_cannot_take_give_their_places_back():
+    async def main():
+        pool = Pool(2, 2, 1)
+        pool.shutdown()
+        with pytest.raises(RuntimeError, match="shutdown"):
+            await pool.map(lambda x: x, [1, 2, 3])
+        with pytest.raises(RuntimeError, match="shutdown"):
+            await pool.run(lambda: None)
+        assert pool.jobs == 0
+
+    asyncio.run(main())
