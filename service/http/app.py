@@ -33,6 +33,14 @@ Image classifiers built with Representative Batch Normalization, served through 
 Errors on our routes are `{"error": {"code", "message"}}`; on `/v2` routes `{"error": message}`.
 """
 
+ROUTERS = (
+    predict.router,  # POST /predict
+    ab.router,       # POST /ab
+    models.router,   # GET /models, /models/{name}
+    health.router,   # GET /healthz, /readyz, /metrics
+    v2.router,       # /v2, /v2/health/{live,ready}, /v2/models/{name}[/versions/{v}][/ready|/infer]: the protocol's error form
+)
+
 
 def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     metrics = metrics or Metrics()
@@ -52,23 +60,22 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     app.state.service = state
     app.state.plane = DataPlane(state)
 
-    app.include_router(predict.router)   # POST /predict
-    app.include_router(ab.router)        # POST /ab
-    app.include_router(models.router)    # GET /models, /models/{name}
-    app.include_router(health.router)    # GET /healthz, /readyz, /metrics
-    app.include_router(v2.router)        # /v2, /v2/health/{live,ready}, /v2/models/{name}[/versions/{v}][/ready|/infer]
+    for router in ROUTERS:
+        app.include_router(router)
     page.install(app)                    # GET / (the A/B workbench), /static, /samples; /docs and /redoc offline
 
     def on_reject(request: Request, status: int, code: str) -> None:
         route = request.scope.get("route")
         metrics.rejected.labels(route.path if route is not None else UNMATCHED, code).inc()
 
-    errors.install(app, on_reject)
+    # Each protocol's router declares its error form; the connection's own refusals read them too (server.py).
+    forms = app.state.error_forms = errors.ErrorForms(ROUTERS)
+    errors.install(app, on_reject, forms)
     # Added first, so innermost: middleware added later (outside) sees the fast path's requests too.
-    app.add_middleware(RawPredict, router=app.router, on_reject=on_reject)
+    app.add_middleware(RawPredict, router=app.router, on_reject=on_reject, forms=forms)
     # Outermost of ours: the request id, header checks and the API key apply to every route, the fast path too.
     access = Access.from_settings(settings)
-    app.add_middleware(RequestGate, state=state, access=access, on_reject=on_reject)
+    app.add_middleware(RequestGate, state=state, access=access, on_reject=on_reject, forms=forms)
     app.openapi = lambda: _openapi(app, access.required)
     return app
 

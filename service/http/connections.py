@@ -44,21 +44,22 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.core.context import new_id
-from service.http.errors import is_v2
+from service.http.errors import ErrorForms
 
 Event = Callable[[str], None]  # counts a connection-level refusal by reason
 PROBES = frozenset({b"/healthz", b"/readyz", b"/v2/health/live", b"/v2/health/ready"})  # answered beyond the cap
 SWEEP_S = 0.25  # how often late requests are looked for
 
 
-def _raw_error(status: int, reason: bytes, path: str, code: str, message: str, extra: bytes = b"") -> bytes:
-    """A whole HTTP/1.1 error answer that closes the connection, in the protocol's error form."""
+def _raw_error(forms: ErrorForms, status: int, reason: bytes, path: str, code: str, message: str,
+               extra: bytes = b"") -> bytes:
+    """A whole HTTP/1.1 error answer that closes the connection, in the form of the protocol ``path`` is under
+    (no route has taken the request yet)."""
     rid = new_id()
-    body = orjson.dumps({"error": message} if is_v2(path) else {"error": {"code": code, "message": message, "request_id": rid}})
+    body = forms.of(path).render(status, code, message, rid, logged=False)
     return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n"
             b"x-request-id: %s\r\nx-content-type-options: nosniff\r\ncache-control: no-store\r\n%s\r\n"
             % (status, reason, len(body), rid.encode(), extra)) + body
@@ -78,8 +79,11 @@ class _Refused(Exception):
 
 
 def guarded_protocol(read_timeout_s: float, max_connections: int, retry_after_s: int, on_event: Event,
-                     head: HeadLimits = HeadLimits(), write_timeout_s: float = 30.0) -> type:
-    """An httptools protocol class with these limits (uvicorn's ``Config(http=...)`` takes a class)."""
+                     head: HeadLimits = HeadLimits(), write_timeout_s: float = 30.0,
+                     forms: ErrorForms | None = None) -> type:
+    """An httptools protocol class with these limits (uvicorn's ``Config(http=...)`` takes a class); its
+    refusals answer in ``forms`` (the app's ``ErrorForms``; ours everywhere when None)."""
+    forms = forms or ErrorForms()
 
     head_bytes_limit = head.max_header_bytes + head.max_url_bytes + 64  # a whole head: request line and headers
     sweep_s = min(SWEEP_S, read_timeout_s / 4, write_timeout_s / 4)
@@ -153,7 +157,7 @@ def guarded_protocol(read_timeout_s: float, max_connections: int, retry_after_s:
             self.transport.close()
 
         def _refuse(self, status: int, reason: bytes, code: str, message: str) -> None:
-            self._refusal = _raw_error(status, reason, "", code, message)
+            self._refusal = _raw_error(forms, status, reason, "", code, message)
             self._since = None
             on_event(code)
 
@@ -226,7 +230,7 @@ def guarded_protocol(read_timeout_s: float, max_connections: int, retry_after_s:
             if cycle is None or not cycle.response_started:
                 path = self.scope.get("path", "") if self.scope else ""
                 message = f"the request was not received within {read_timeout_s:g} s (read_timeout_s)"
-                self.transport.write(_raw_error(408, b"Request Timeout", path, "read_timeout", message))
+                self.transport.write(_raw_error(forms, 408, b"Request Timeout", path, "read_timeout", message))
             if cycle is not None and not cycle.response_complete:
                 cycle.disconnected = True  # the route's next receive() says the client is gone
                 cycle.message_event.set()
@@ -239,7 +243,7 @@ def guarded_protocol(read_timeout_s: float, max_connections: int, retry_after_s:
             path = self.scope.get("path", "") if self.scope else ""
             message = f"the server holds its maximum of {max_connections} connections; retry later"
             retry = b"retry-after: %d\r\n" % retry_after_s
-            self.transport.write(_raw_error(503, b"Service Unavailable", path, "too_many_connections", message, retry))
+            self.transport.write(_raw_error(forms, 503, b"Service Unavailable", path, "too_many_connections", message, retry))
             on_event("too_many_connections")
             self.transport.close()
 

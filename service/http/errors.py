@@ -1,16 +1,22 @@
-"""Core errors rendered as HTTP answers: the one exception -> response function and its FastAPI handler.
+"""Core errors rendered as HTTP answers: each protocol's error form, the one exception -> response
+function and its FastAPI handler.
 
-Our routes answer ``{"error": {"code": ..., "message": ...}}``; the Open Inference Protocol routes
-(``/v2/...``) answer the protocol's ``{"error": message}``.
+Our routes answer ``{"error": {"code": ..., "message": ...}}``; the Open Inference Protocol's routes answer
+the protocol's ``{"error": message}``. A protocol's router declares its form (``route_class(OIP)``), so the
+route that takes a request decides its form. A request that no route has taken yet (refused by the gate or
+the connection before routing) or that none takes (404) gets the form of the router whose prefix holds its
+path (``ErrorForms``): the router's own declaration, not a path written here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
@@ -23,21 +29,72 @@ Rejected = Callable[[Request, int, str], None]  # (request, status, code): count
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "body_too_large"}
 
 
-def is_v2(path: str) -> bool:
-    return path == "/v2" or path.startswith("/v2/")
+def _our_body(status: int, code: str, message: str, request_id: str | None, logged: bool) -> dict:
+    error = {"code": code, "message": message}
+    if request_id is not None:
+        error["request_id"] = request_id
+    return {"error": error}
 
 
-def error_response(path: str, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    """An error answer on ``path``: the Open Inference Protocol's form under /v2, ours elsewhere; ours
-    carries the request id (``service.core.context``), and so does a /v2 server error's message."""
-    request_id = context.request_id()
-    if is_v2(path):
-        body: dict = {"error": f"{message} (request id {request_id})" if status >= 500 and request_id else message}
-    else:
-        body = {"error": {"code": code, "message": message}}
-        if request_id is not None:
-            body["error"]["request_id"] = request_id
-    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
+def _oip_body(status: int, code: str, message: str, request_id: str | None, logged: bool) -> dict:
+    # The protocol's error is one string: a server error's message names the request id to look up in the log.
+    return {"error": f"{message} (request id {request_id})" if status >= 500 and request_id and logged else message}
+
+
+@dataclass(frozen=True)
+class ErrorForm:
+    """How one protocol writes an error: its body, and the status of a request its schema refuses."""
+
+    name: str
+    body: Callable[[int, str, str, str | None, bool], dict]  # (status, code, message, request id, logged) -> JSON
+    invalid_status: int  # a body or parameter that fails the route's schema
+
+    def render(self, status: int, code: str, message: str, request_id: str | None, logged: bool = True) -> bytes:
+        """The JSON body; ``logged``: the server's log has lines under ``request_id`` (a connection's own
+        refusal, made before any route, writes none)."""
+        return orjson.dumps(self.body(status, code, message, request_id, logged))
+
+
+OURS = ErrorForm("rbn-serve", _our_body, 422)
+OIP = ErrorForm("open inference protocol", _oip_body, 400)
+
+
+def route_class(form: ErrorForm) -> type[APIRoute]:
+    """The route class of a router whose routes answer errors in ``form``: ``APIRouter(route_class=...)``."""
+    return type(f"{form.name.title().replace(' ', '').replace('-', '')}Route", (APIRoute,), {"error_form": form})
+
+
+def declared_form(route: object) -> ErrorForm | None:
+    """The form ``route``'s router declared, or None (a route of ours, or no route)."""
+    return getattr(route, "error_form", None)
+
+
+class ErrorForms:
+    """The form of every request: its route's (``declared_form``); for a request with no route, that of
+    the router whose prefix holds the path; ours otherwise."""
+
+    def __init__(self, routers: Iterable[APIRouter] = ()) -> None:
+        self._prefixes = [(router.prefix, form) for router in routers
+                          if router.prefix and (form := getattr(router.route_class, "error_form", None)) is not None]
+
+    def of(self, path: str, route: object = None) -> ErrorForm:
+        declared = declared_form(route)
+        if declared is not None:
+            return declared
+        for prefix, form in self._prefixes:
+            if path == prefix or path.startswith(prefix + "/"):
+                return form
+        return OURS
+
+    def of_scope(self, scope) -> ErrorForm:
+        return self.of(scope.get("path", ""), scope.get("route"))
+
+
+def error_response(form: ErrorForm, status: int, code: str, message: str,
+                   headers: dict[str, str] | None = None) -> Response:
+    """An error answer in ``form``, carrying the request id (``service.core.context``) where the form has room."""
+    body = form.render(status, code, message, context.request_id())
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -48,13 +105,13 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
-def classify(request: Request, exc: BaseException) -> tuple[int, str, str, dict[str, str] | None]:
-    """Any exception a request raised -> (status, code, message, headers) of its answer."""
+def classify(request: Request, exc: BaseException, form: ErrorForm = OURS) -> tuple[int, str, str, dict[str, str] | None]:
+    """Any exception a request raised -> (status, code, message, headers) of its answer in ``form``."""
     path = request.url.path
     if isinstance(exc, ServiceError):
         return exc.status, exc.code, exc.message, exc.headers
     if isinstance(exc, RequestValidationError):
-        return (400 if is_v2(path) else 422), "invalid_argument", _validation_message(exc), None
+        return form.invalid_status, "invalid_argument", _validation_message(exc), None
     if isinstance(exc, StarletteHTTPException):
         message = str(exc.detail)
         if exc.status_code == 404 and request.scope.get("route") is None:
@@ -68,19 +125,20 @@ def classify(request: Request, exc: BaseException) -> tuple[int, str, str, dict[
     return 500, "internal", "internal server error; see the server log", None
 
 
-def answer(request: Request, exc: BaseException, on_reject: Rejected) -> Response:
-    """The one exception -> response function, for FastAPI's handlers and the fast path alike:
-    counts the rejection and answers in the protocol's error form."""
-    status, code, message, headers = classify(request, exc)
+def answer(request: Request, exc: BaseException, on_reject: Rejected, forms: ErrorForms) -> Response:
+    """The one exception -> response function, for FastAPI's handlers, the gate and the fast path alike:
+    counts the rejection and answers in the request's error form."""
+    form = forms.of_scope(request.scope)
+    status, code, message, headers = classify(request, exc, form)
     on_reject(request, status, code)
-    return error_response(request.url.path, status, code, message, headers)
+    return error_response(form, status, code, message, headers)
 
 
-def install(app: FastAPI, on_reject: Rejected) -> None:
+def install(app: FastAPI, on_reject: Rejected, forms: ErrorForms) -> None:
     """Route every exception FastAPI sees to ``answer``; ``on_reject`` counts rejections."""
 
     async def handler(request: Request, exc: Exception) -> Response:
-        return answer(request, exc, on_reject)
+        return answer(request, exc, on_reject, forms)
 
     for kind in (ServiceError, RequestValidationError, StarletteHTTPException, ClientDisconnect, Exception):
         app.add_exception_handler(kind, handler)

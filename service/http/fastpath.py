@@ -20,7 +20,7 @@ from starlette.routing import Route, Router
 from service.http.routes import predict
 from service.http.routes.uploads import is_raw_image
 from service.core.errors import ServiceError
-from service.http.errors import Rejected, answer
+from service.http.errors import ErrorForms, Rejected, answer
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +30,10 @@ PATH = "/predict"
 class RawPredict:
     """ASGI middleware: takes the requests it ``matches``, passes the others to ``app``."""
 
-    def __init__(self, app, router: Router, on_reject: Rejected) -> None:
+    def __init__(self, app, router: Router, on_reject: Rejected, forms: ErrorForms | None = None) -> None:
         self.app = app
         self.on_reject = on_reject
+        self.forms = forms or ErrorForms()  # /predict's route declares no form: ours, whatever the app's routers
         self.route = next(r for r in predict.router.routes if isinstance(r, Route) and r.path == PATH)
         dependencies = _dependencies(router, self.route)
         if dependencies:
@@ -58,7 +59,7 @@ class RawPredict:
         except Exception as exc:
             if not isinstance(exc, (ServiceError, ClientDisconnect)):
                 log.exception("POST %s failed", PATH)
-            response = answer(request, exc, self.on_reject)
+            response = answer(request, exc, self.on_reject, self.forms)
         await response(scope, receive, send)
 
 

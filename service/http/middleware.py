@@ -25,7 +25,7 @@ from starlette.requests import Request
 from service.core.context import RequestContext, accept_id, enter, leave
 from service.http.auth import CHALLENGE, Access
 from service.core.errors import BodyTooLarge
-from service.http.errors import Rejected, answer, error_response
+from service.http.errors import ErrorForms, Rejected, answer, error_response
 
 if TYPE_CHECKING:
     from service.core.state import ServiceState
@@ -54,11 +54,12 @@ def gone_check(receive) -> Callable[[], bool] | None:
     return lambda: cycle.disconnected
 
 class RequestGate:
-    def __init__(self, app, state: ServiceState, access: Access, on_reject: Rejected) -> None:
+    def __init__(self, app, state: ServiceState, access: Access, on_reject: Rejected, forms: ErrorForms) -> None:
         self.app = app
         self.state = state
         self.access = access
         self.on_reject = on_reject
+        self.forms = forms
         self._routes_read = False
 
     async def __call__(self, scope, receive, send) -> None:
@@ -141,7 +142,7 @@ class RequestGate:
                 raise
             log.exception("%s %s failed", scope["method"], scope["path"])
             request = Request(scope, receive)
-            await answer(request, exc, self.on_reject)(scope, receive, gated_send)
+            await answer(request, exc, self.on_reject, self.forms)(scope, receive, gated_send)
         finally:
             state.in_flight -= 1
             leave(token)
@@ -152,7 +153,7 @@ class RequestGate:
 
     async def _refuse(self, scope, send, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         self.on_reject(Request(scope), status, code)
-        await error_response(scope["path"], status, code, message, headers)(scope, None, send)
+        await error_response(self.forms.of_scope(scope), status, code, message, headers)(scope, None, send)
 
 
 def _repeated(names: list[bytes]) -> str | None:

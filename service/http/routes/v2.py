@@ -13,8 +13,9 @@ from service.http.routes.deps import State, json_response, lookup
 from service.http.routes.schemas.oip import InferRequest, InferResponse, ModelMetadata, ServerMetadata, V2Error
 from service.core.errors import InvalidTensor
 from service.core.model import Model
+from service.http.errors import OIP, route_class
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
+router = APIRouter(prefix="/v2", tags=["open inference protocol v2"], route_class=route_class(OIP))
 
 V2_ERRORS = {400: {"model": V2Error}, 404: {"model": V2Error}, 503: {"model": V2Error}}
 HEALTH = {200: {"description": "true (empty body)"}, 400: {"description": "false (empty body)"}}

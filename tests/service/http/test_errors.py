@@ -1,5 +1,6 @@
 """One exception -> response function for every path (service.http.errors.answer), in process: status,
-stable code, message, headers, the protocol's error form, and the rejection it counts."""
+stable code, message, headers, the protocol's error form (declared by the protocol's router), and the
+rejection it counts."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 
 from service.core import errors
-from service.http.errors import answer
+from service.http.app import ROUTERS
+from service.http.errors import OIP, OURS, ErrorForms, answer, route_class
+from service.http.routes import v2
+
+FORMS = ErrorForms(ROUTERS)  # the app's
 
 
 def request(path: str, method: str = "POST", route: object = None) -> Request:
@@ -23,7 +28,7 @@ def request(path: str, method: str = "POST", route: object = None) -> Request:
 
 def answered(path: str, exc: BaseException, method: str = "POST", route: object = None):
     rejected = []
-    response = answer(request(path, method, route), exc, lambda r, status, code: rejected.append((status, code)))
+    response = answer(request(path, method, route), exc, lambda r, status, code: rejected.append((status, code)), FORMS)
     return response.status_code, json.loads(response.body), dict(response.headers), rejected
 
 
@@ -62,3 +67,14 @@ def test_a_client_that_left_and_an_unexpected_error():
     status, body, _, rejected = answered("/ab", RuntimeError("secret detail"))
     assert (status, rejected) == (500, [(500, "internal")])
     assert body == {"error": {"code": "internal", "message": "internal server error; see the server log"}}
+
+
+def test_the_route_that_takes_a_request_decides_its_form():
+    infer = next(r for r in v2.router.routes if r.path.endswith("/infer"))
+    assert FORMS.of("/v2/models/m/infer", infer) is OIP
+    assert FORMS.of("/v2/models/m/infer") is OIP  # refused before routing: the prefix its router declared
+    assert FORMS.of("/v2") is OIP and FORMS.of("/v2/no/such/route") is OIP
+    assert FORMS.of("/v2x") is OURS and FORMS.of("/predict") is OURS and FORMS.of("/") is OURS
+    # a route declares its form wherever it lives; no router, no form but ours
+    assert FORMS.of("/anywhere", route_class(OIP)("/anywhere", lambda: None)) is OIP
+    assert ErrorForms().of("/v2/models/m/infer") is OURS

@@ -312,7 +312,8 @@ def test_a_failure_before_the_answer_is_the_generic_500_and_logged_with_method_a
 def gate_around(served, inner, keys=()) -> tuple[RequestGate, list]:
     calls: list = []
     gate = RequestGate(inner, served.state, Access([k.encode() for k in keys], docs=True, metrics_open=True),
-                       on_reject=lambda request, status, code: calls.append((request.url.path, status, code)))
+                       on_reject=lambda request, status, code: calls.append((request.url.path, status, code)),
+                       forms=served.app.state.error_forms)
     return gate, calls
 
 
