@@ -1,1 +1,1 @@
-"""The torch-free contract the service reads: bundle format, input spec and preprocessing, OOD scoring maths, corruptions. Never imports torch."""
+"""The torch-free contract the service reads: bundle format, input spec and preprocessing, the graph runner (pixels -> named outputs), OOD scoring maths, corruptions. Never imports torch."""

@@ -1,7 +1,8 @@
 """Evaluate exported models: clean accuracy, corruption robustness, OOD detection.
 
-Works on ONNX bytes through ONNX Runtime (CPU), so it measures exactly what the service runs;
-a checkpoint is exported in memory first (see rbn.cli). Torch-free.
+Works on ONNX bytes through ONNX Runtime (CPU), read through the service's own graph runner
+(rbn.contract.graph.GraphRunner, which service.core.model.Model.predict calls too), so it measures exactly
+what the service runs; a checkpoint is exported in memory first (see rbn.cli). Torch-free.
 
 OOD: every candidate score of rbn.contract.ood (and the first, `rms_z` from `rbn_stats`) is fitted on
 clean *training* images only (``clean_splits``), reported on every test set, and its threshold
@@ -24,6 +25,7 @@ from rbn.experiments import data as fmnist
 from rbn.contract import ood
 from rbn.experiments.ood_fit import fit_scorer
 from rbn.contract.bundle import CHANNEL_STATS_NAME, LOGITS_NAME, SCORE_NAME, STATS_NAME, GraphOodCalibration
+from rbn.contract.graph import GraphRunner
 from rbn.contract.corruptions import CORRUPTION_NAMES, SEVERITIES, corrupt
 
 Progress = Callable[[str], None]
@@ -55,17 +57,16 @@ class OnnxClassifier:
             raise ValueError(f"the graph has no {CHANNEL_STATS_NAME!r} output: re-export it with this version (rbn export)")
         self.outputs = [LOGITS_NAME, STATS_NAME, CHANNEL_STATS_NAME] + ([SCORE_NAME] if SCORE_NAME in names else [])
         self.batch_size = batch_size
+        # The service's path from uint8 pixels to named outputs, with the input spec every Fashion-MNIST bundle
+        # declares: the graph sees here exactly the tensors it sees behind /predict
+        run = lambda x: self.session.run(self.outputs, {fmnist.INPUT.name: x})  # noqa: E731
+        self.graph = GraphRunner(run, self.outputs, fmnist.INPUT, batch_size)
 
     def predict(self, images_u8: np.ndarray) -> Predictions:
-        # fmnist.normalize is the service's normalisation (rbn.contract.preprocess.Normalizer with the bundles'
-        # input spec): the graph sees here exactly the tensors it sees behind /predict
-        parts = [
-            self.session.run(self.outputs, {"input": fmnist.normalize(images_u8[i : i + self.batch_size])})
-            for i in range(0, len(images_u8), self.batch_size)
-        ]
-        joined = [np.concatenate(column) for column in zip(*parts, strict=True)]
-        score = joined[3].reshape(-1) if len(joined) == 4 else None
-        return Predictions(joined[0], joined[1], joined[2], score)
+        """uint8 (N, 28, 28) Fashion-MNIST images -> the graph's outputs."""
+        out = self.graph.outputs(images_u8[:, None])
+        score = out[SCORE_NAME].reshape(-1) if SCORE_NAME in out else None
+        return Predictions(out[LOGITS_NAME], out[STATS_NAME], out[CHANNEL_STATS_NAME], score)
 
 
 def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:

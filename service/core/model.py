@@ -4,7 +4,8 @@ answers); plus loading every bundle of the repository and choosing the primary m
 
 ``Model.open(bundle_dir)`` builds one without a server (no batcher, no decode pool, no metrics):
 ``predict(pixels)`` then runs decode-free images straight through the session on the calling thread,
-for benchmarks, tools and peers that must do exactly the service's work."""
+for benchmarks, tools and peers that must do exactly the service's work. It reads the graph through
+``rbn.contract.graph.GraphRunner``, as ``rbn evaluate`` does."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rbn.contract.graph import GraphRunner
 from rbn.contract.bundle import LOGITS_NAME, SCORE_NAME, STATS_NAME, BundleError, BundleMeta, InputSpec, validate_bundle
 from service.core import imaging
 from service.core.answers import Prediction, flagged
@@ -81,7 +83,9 @@ class Model:
         self.batcher = batcher
         self.max_batch_size = self.meta.max_batch_size if batcher is None else batcher.max_batch_size
         self.scorer = OodScorer(self.meta)
-        self.normalize = Normalizer(self.meta.input)
+        # predict's path: the contract's normalisation, the graph in batches of at most max_batch_size, by name
+        self.graph = GraphRunner(runtime.run, runtime.output_names, self.meta.input, self.max_batch_size)
+        self.normalize: Normalizer = self.graph.normalize
         self.baseline: Model | None = None
         self._decoder = decoder
         self._metrics = metrics
@@ -97,10 +101,10 @@ class Model:
         return cls(bundle, ModelRuntime(bundle.meta, bundle.onnx_file, providers, intra_op_threads))
 
     def predict(self, pixels: np.ndarray, top_k: int = 1) -> list[Prediction]:
-        """uint8 (N, C, H, W) images in this model's input shape -> one answer each, run as one batch on
-        the calling thread (the service's normalisation, graph and description; no batcher, no metrics)."""
-        outputs = self.runtime.run(self.normalize(pixels))
-        inference = Inference(dict(zip(self.runtime.output_names, outputs, strict=True)), 0.0, 0.0, len(pixels))
+        """uint8 (N, C, H, W) images in this model's input shape -> one answer each, run in batches of at
+        most ``max_batch_size`` on the calling thread (the service's normalisation, graph and description; no
+        batcher, no metrics)."""
+        inference = Inference(self.graph.outputs(pixels), 0.0, 0.0, min(len(pixels), self.max_batch_size))
         return self.describe(inference, top_k).predictions
 
     # --- preprocess -> infer -> describe ------------------------------------------------------

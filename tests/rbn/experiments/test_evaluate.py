@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -46,7 +48,6 @@ def test_relative_corruption_error_is_one_for_the_baseline_itself():
 def test_evaluation_feeds_the_graph_the_tensors_the_service_does():
     """rbn.experiments.evaluate normalises with rbn.experiments.data.normalize, the service with its model's
     Normalizer(meta.input): for every shipped bundle the arrays and the graph's outputs are identical."""
-    from pathlib import Path
 
     import onnxruntime as ort
 
@@ -68,3 +69,24 @@ def test_evaluation_feeds_the_graph_the_tensors_the_service_does():
         session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
         logits = session.run(["logits"], {"input": served})[0]
         assert np.array_equal(OnnxClassifier(onnx_bytes, threads=1).predict(images).logits, logits), folder.name
+
+
+def test_evaluation_and_model_predict_read_the_graph_through_one_runner():
+    """``rbn evaluate`` and ``Model.predict`` (bench, peers) both run rbn.contract.graph.GraphRunner: on a
+    shipped bundle they read the same outputs by name, and the answer's label is evaluation's argmax."""
+    from rbn.contract.bundle import CHANNEL_STATS_NAME, LOGITS_NAME, STATS_NAME, onnx_path, read_meta
+    from rbn.contract.graph import GraphRunner
+    from rbn.experiments.evaluate import OnnxClassifier
+    from service.core.model import Model
+
+    folder = Path(__file__).resolve().parents[3] / "models" / "fmnist-resnet20-rbn"
+    meta = read_meta(folder)
+    images = (np.random.default_rng(3).integers(0, 256, (37, 28, 28))).astype(np.uint8)
+    evaluated = OnnxClassifier(onnx_path(folder, meta.version).read_bytes(), threads=1, batch_size=16)
+    served = Model.open(folder, intra_op_threads=1)
+    assert isinstance(evaluated.graph, GraphRunner) and isinstance(served.graph, GraphRunner)
+    mine, theirs = evaluated.predict(images), served.graph.outputs(images[:, None])
+    for name, column in ((LOGITS_NAME, mine.logits), (STATS_NAME, mine.stats), (CHANNEL_STATS_NAME, mine.channel_stats)):
+        np.testing.assert_allclose(column, theirs[name], rtol=1e-5, atol=1e-5, err_msg=name)
+    answers = served.predict(images[:, None])
+    assert [a.index for a in answers] == mine.labels.tolist()
