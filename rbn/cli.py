@@ -274,6 +274,12 @@ def _folder_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-data", help="a second ImageFolder for validation (default: DIR/val, else a seeded 20%% split)")
 
 
+def _device_arguments(p: argparse.ArgumentParser) -> None:
+    """Where a training run computes (train, finetune)."""
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rbn", description=__doc__)
     parser.add_argument("--data", help="Fashion-MNIST folder (default: RBN_FASHION_MNIST_DIR or the Debian package's)")
@@ -286,8 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    _device_arguments(p)
     p.add_argument("--out", help="run folder (default runs/<arch>-<norm>-s<seed>)")
     p.set_defaults(func=_train)
 
@@ -306,8 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after", type=int, help="stop after this epoch (resume later)")
     p.add_argument("--train-samples", type=int, help="first N training images only (smoke tests)")
     p.add_argument("--test-samples", type=int, help="first N test images for the per-epoch accuracy")
-    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    _device_arguments(p)
     p.add_argument("--out", help="run folder (default runs/<checkpoint stem>-ft-s<seed>)")
     p.set_defaults(func=_finetune)
 

@@ -53,7 +53,10 @@ def gone_check(receive) -> Callable[[], bool] | None:
         return None
     return lambda: cycle.disconnected
 
+
 class RequestGate:
+    """The gate (this module's docstring); ``forms`` says in which protocol's form it refuses a request."""
+
     def __init__(self, app, state: ServiceState, access: Access, on_reject: Rejected, forms: ErrorForms) -> None:
         self.app = app
         self.state = state
