@@ -81,7 +81,8 @@ class ServerProcess:
     """``args`` in a subprocess serving on 127.0.0.1:``port``, stdout and stderr to ``log_path``.
 
     ``popen`` goes to ``subprocess.Popen`` as it is (``user=``, ``preexec_fn=``, ...). The class
-    attributes are the defaults a subclass may change.
+    attributes are the defaults a subclass may change. As a context manager it is stopped on leaving
+    (``with RbnServe(...).wait_ready() as server: yield server`` is a whole pytest fixture).
     """
 
     ready_timeout: float = 120.0  # seconds wait_ready waits for GET /readyz to answer 200
@@ -98,6 +99,12 @@ class ServerProcess:
         self.killed = False  # stop had to SIGKILL it
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - open for the process's lifetime
         self.proc = subprocess.Popen(list(args), cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT, **popen)
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     @property
     def pid(self) -> int:

@@ -8,6 +8,5 @@ from grpc_support import start
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    proc = start(tmp_path_factory.mktemp("grpc-server"), max_batch_size=16)
-    yield proc
-    proc.stop()
+    with start(tmp_path_factory.mktemp("grpc-server"), max_batch_size=16) as proc:
+        yield proc

@@ -23,9 +23,8 @@ MAX_MESSAGE = 64 * 1024
 
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory):
-    proc = start(tmp_path_factory.mktemp("grpc-keyed"), api_key=KEY, grpc_max_message_bytes=MAX_MESSAGE)
-    yield proc
-    proc.stop()
+    with start(tmp_path_factory.mktemp("grpc-keyed"), api_key=KEY, grpc_max_message_bytes=MAX_MESSAGE) as proc:
+        yield proc
 
 
 def status_of(call) -> str:
@@ -151,10 +150,9 @@ def slow(tmp_path_factory):
     repo.mkdir()
     write_test_bundles(repo)
     write_slow_bundle(repo, repo / "test-resnet20-rbn")
-    proc = start(tmp, model_repository=repo, instances=1, graceful_timeout_s=1, max_queue_wait_s=60,
-                 max_input_magnitude=1e12)
-    yield proc
-    proc.stop()
+    with start(tmp, model_repository=repo, instances=1, graceful_timeout_s=1, max_queue_wait_s=60,
+               max_input_magnitude=1e12) as proc:
+        yield proc
 
 
 SLOW = "test-slow"

@@ -23,9 +23,8 @@ WORST_WAIT_S = 0.5
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    proc = start(tmp_path_factory.mktemp("headers"))
-    yield proc
-    proc.stop()
+    with start(tmp_path_factory.mktemp("headers")) as proc:
+        yield proc
 
 
 def error_code(answer: bytes) -> str:

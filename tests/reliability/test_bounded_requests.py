@@ -18,16 +18,14 @@ BUDGET = 64 * 1024  # the second server's max_response_bytes
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    proc = start(tmp_path_factory.mktemp("bounded"))
-    yield proc
-    proc.stop()
+    with start(tmp_path_factory.mktemp("bounded")) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")
 def small_budget(tmp_path_factory):
-    proc = start(tmp_path_factory.mktemp("budget"), max_response_bytes=BUDGET)
-    yield proc
-    proc.stop()
+    with start(tmp_path_factory.mktemp("budget"), max_response_bytes=BUDGET) as proc:
+        yield proc
 
 
 def infer_body(images: int, outputs: list[str] | None = None, value: float = 0.1) -> bytes:

@@ -20,10 +20,9 @@ IMAGES = 1024  # an answer of ~10 MB: more than the kernel's send buffer (4 MB a
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    proc = start(tmp_path_factory.mktemp("connection-limits"), max_connections=MAX_CONNECTIONS,
-                 write_timeout_s=WRITE_TIMEOUT_S, max_queue_size=IMAGES)
-    yield proc
-    proc.stop()
+    with start(tmp_path_factory.mktemp("connection-limits"), max_connections=MAX_CONNECTIONS,
+               write_timeout_s=WRITE_TIMEOUT_S, max_queue_size=IMAGES) as proc:
+        yield proc
 
 
 def ask(port: int, path: str, method: str = "GET", body: bytes = b"") -> bytes:

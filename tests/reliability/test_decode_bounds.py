@@ -47,9 +47,8 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    proc = start(tmp_path_factory.mktemp("decode-bounds"))
-    yield proc
-    proc.stop()
+    with start(tmp_path_factory.mktemp("decode-bounds")) as proc:
+        yield proc
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -55,18 +55,16 @@ def send(port: int, body: bytes, content_type: str) -> tuple[bytes, float]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    proc = start(tmp_path_factory.mktemp("decode-deadline"), decode_cpu_s=DEADLINE_S, decode_threads=2)
-    yield proc
-    proc.stop()
+    with start(tmp_path_factory.mktemp("decode-deadline"), decode_cpu_s=DEADLINE_S, decode_threads=2) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")
 def patient(tmp_path_factory):
     """A server whose deadline is far: what stops the decoding there is the client leaving."""
-    proc = start(tmp_path_factory.mktemp("decode-gone"), decode_timeout_s=60, decode_cpu_s=60,
-                 decode_threads=2)
-    yield proc
-    proc.stop()
+    with start(tmp_path_factory.mktemp("decode-gone"), decode_timeout_s=60, decode_cpu_s=60,
+               decode_threads=2) as proc:
+        yield proc
 
 
 def test_a_slow_image_is_stopped_at_its_deadline(server):

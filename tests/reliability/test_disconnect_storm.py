@@ -54,9 +54,8 @@ STORMERS = 8
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    proc = start(tmp_path_factory.mktemp("storm"))
-    yield proc
-    proc.stop()
+    with start(tmp_path_factory.mktemp("storm")) as proc:
+        yield proc
 
 
 def binary_batch(path, images: int = 16) -> str:

@@ -52,10 +52,10 @@ def write_poison_bundle(repo: Path) -> None:
 def server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("poison-models")
     write_poison_bundle(repo)
-    proc = start(tmp_path_factory.mktemp("poison"), model_repository=repo, unready_after_failures=3,
-                 max_queue_delay_ms=50, max_input_magnitude=10 * POISON)  # the poison must reach the graph
-    yield proc
-    proc.stop()
+    # the poison must reach the graph (max_input_magnitude above it)
+    with start(tmp_path_factory.mktemp("poison"), model_repository=repo, unready_after_failures=3,
+               max_queue_delay_ms=50, max_input_magnitude=10 * POISON) as proc:
+        yield proc
 
 
 def infer_body(value: float, images: int = 1) -> dict:

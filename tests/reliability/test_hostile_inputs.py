@@ -45,9 +45,8 @@ def multipart_boundary_flood(megabytes: int = 12) -> tuple[bytes, str]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    proc = start(tmp_path_factory.mktemp("hostile"))
-    yield proc
-    proc.stop()
+    with start(tmp_path_factory.mktemp("hostile")) as proc:
+        yield proc
 
 
 # class -> (raw request, the statuses (and codes) it may get)

@@ -20,10 +20,9 @@ TRICKLE = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nCont
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    proc = start(tmp_path_factory.mktemp("slow"), read_timeout_s=READ_TIMEOUT_S, keep_alive_timeout_s=1,
-                 max_connections=MAX_CONNECTIONS)
-    yield proc
-    proc.stop()
+    with start(tmp_path_factory.mktemp("slow"), read_timeout_s=READ_TIMEOUT_S, keep_alive_timeout_s=1,
+               max_connections=MAX_CONNECTIONS) as proc:
+        yield proc
 
 
 def connect(port: int, timeout: float = 10.0) -> socket.socket:

@@ -53,10 +53,9 @@ def photos() -> list[tuple[str, bytes, int]]:
 @pytest.fixture(scope="session")
 def server(served_repo, tmp_path_factory):
     """One server for most HTTP tests: every shadow request runs, small limits."""
-    proc = start_server(served_repo, tmp_path_factory.mktemp("server"), shadow_fraction=1.0, max_batch_size=16,
-                        max_body_bytes=MAX_BODY, max_image_pixels=MAX_PIXELS, max_files=MAX_FILES)
-    yield proc
-    proc.stop()
+    with start_server(served_repo, tmp_path_factory.mktemp("server"), shadow_fraction=1.0, max_batch_size=16,
+                      max_body_bytes=MAX_BODY, max_image_pixels=MAX_PIXELS, max_files=MAX_FILES) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="session")

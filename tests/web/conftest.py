@@ -9,9 +9,8 @@ from web_support import PageServer, start_browser
 
 @pytest.fixture(scope="module")
 def page_server(tmp_path_factory):
-    server = PageServer(tmp_path_factory.mktemp("page") / "server.log").wait_ready()
-    yield server
-    server.stop()
+    with PageServer(tmp_path_factory.mktemp("page") / "server.log").wait_ready() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,8 @@ STORAGE = "rbn-serve-api-key"
 
 @pytest.fixture(scope="module")
 def keyed_server(tmp_path_factory):
-    server = PageServer(tmp_path_factory.mktemp("keyed") / "server.log", "--no-docs", api_key=KEY).wait_ready()
-    yield server
-    server.stop()
+    with PageServer(tmp_path_factory.mktemp("keyed") / "server.log", "--no-docs", api_key=KEY).wait_ready() as server:
+        yield server
 
 
 def dialog_open(driver) -> bool:

@@ -29,17 +29,15 @@ def keyed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("keyed")
     key_file = tmp / "keys"
     key_file.write_text(f"\n{FILE_KEY}\n")
-    proc = start(tmp, api_key=",".join(KEYS), api_key_file=key_file, access_log=True, log_format="json")
-    yield proc
-    proc.stop()
+    with start(tmp, api_key=",".join(KEYS), api_key_file=key_file, access_log=True, log_format="json") as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")
 def locked(tmp_path_factory):
     """Metrics behind the key, no docs."""
-    proc = start(tmp_path_factory.mktemp("locked"), api_key=KEYS[0], metrics_require_key=True, docs=False)
-    yield proc
-    proc.stop()
+    with start(tmp_path_factory.mktemp("locked"), api_key=KEYS[0], metrics_require_key=True, docs=False) as proc:
+        yield proc
 
 
 # --- keys and the allow-list, without a server -------------------------------------------------

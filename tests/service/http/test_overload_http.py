@@ -12,10 +12,9 @@ from tests.service.svc_support import encode, start_server
 
 @pytest.fixture(scope="module")
 def small_server(bundle_repo, tmp_path_factory):
-    proc = start_server(bundle_repo, tmp_path_factory.mktemp("overload"), max_batch_size=4, max_queue_size=4,
-                        max_files=4, retry_after_s=2)
-    yield proc
-    proc.stop()
+    with start_server(bundle_repo, tmp_path_factory.mktemp("overload"), max_batch_size=4, max_queue_size=4,
+                      max_files=4, retry_after_s=2) as proc:
+        yield proc
 
 
 async def _burst(url: str, files: list, n: int) -> list[httpx.Response]:

@@ -56,9 +56,8 @@ def photo_server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("photo-repo")
     write_photo_pair(repo)  # 64 px: shorter side 73, centre crop 64
     write_photo_bundle(repo, CALIBRATED, "bn", ood=CALIBRATION)
-    proc = start_server(repo, tmp_path_factory.mktemp("photo-server"), max_image_pixels=13_000_000)
-    yield proc
-    proc.stop()
+    with start_server(repo, tmp_path_factory.mktemp("photo-server"), max_image_pixels=13_000_000) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")

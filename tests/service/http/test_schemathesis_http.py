@@ -16,9 +16,8 @@ from tests.service.svc_support import start_server
 @pytest.fixture(scope="module")
 def fresh_server(bundle_repo, tmp_path_factory):
     """A server of its own: the fuzzing must not move the shared server's counters."""
-    proc = start_server(bundle_repo, tmp_path_factory.mktemp("schemathesis"), max_batch_size=8)
-    yield proc
-    proc.stop()
+    with start_server(bundle_repo, tmp_path_factory.mktemp("schemathesis"), max_batch_size=8) as proc:
+        yield proc
 
 
 @pytest.mark.timeout(600)  # schemathesis is allowed 240 s, after a server start

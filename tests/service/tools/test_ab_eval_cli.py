@@ -21,9 +21,8 @@ FOLDER_NAMES = {"T-shirt/top": "t-shirt-top", "Ankle boot": "ANKLE BOOT"}  # mat
 
 @pytest.fixture(scope="module")
 def shipped_server(tmp_path_factory):
-    proc = start_server(ROOT / "models", tmp_path_factory.mktemp("ab_eval_server"))
-    yield proc
-    proc.stop()
+    with start_server(ROOT / "models", tmp_path_factory.mktemp("ab_eval_server")) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")
