@@ -21,12 +21,11 @@ import json
 
 import numpy as np
 from pytriton.decorators import batch
-from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-from pytriton.triton import Triton, TritonConfig
+from pytriton.model_config import Tensor
 
 from bench.peers.framing import OIP_INPUT, OIP_OUTPUT
 from bench.peers.pipeline import Pipeline
-from harness.procs import free_port
+from bench.peers.triton_bind import add_batching_arguments, serve
 
 MODEL_NAME = "rbn"
 
@@ -46,23 +45,10 @@ def make_infer(pipeline: Pipeline):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--queue-delay-us", type=int, default=2000)
-    parser.add_argument("--instances", type=int, default=1)
+    add_batching_arguments(parser)
     args = parser.parse_args()
-    config = TritonConfig(http_address="127.0.0.1", http_port=args.port, grpc_address="127.0.0.1",
-                          grpc_port=free_port(), metrics_port=free_port(), log_verbose=0)
-    with Triton(config=config) as triton:
-        triton.bind(
-            model_name=MODEL_NAME,
-            infer_func=[make_infer(Pipeline()) for _ in range(args.instances)],
-            inputs=[Tensor(name=OIP_INPUT, dtype=np.bytes_, shape=(1,))],
-            outputs=[Tensor(name=OIP_OUTPUT, dtype=np.bytes_, shape=(1,))],
-            config=ModelConfig(max_batch_size=args.max_batch_size,
-                               batcher=DynamicBatcher(max_queue_delay_microseconds=args.queue_delay_us)),
-            strict=False,
-        )
-        triton.serve()
+    serve(MODEL_NAME, lambda: make_infer(Pipeline()), [Tensor(name=OIP_INPUT, dtype=np.bytes_, shape=(1,))],
+          [Tensor(name=OIP_OUTPUT, dtype=np.bytes_, shape=(1,))], args, http_port=args.port)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 from pytriton.decorators import batch
-from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-from pytriton.triton import Triton, TritonConfig
+from pytriton.model_config import Tensor
 
-from harness.procs import free_port
+from bench.peers.triton_bind import add_batching_arguments, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "fmnist-resnet20-rbn"
@@ -53,24 +52,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
-    parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--queue-delay-us", type=int, default=2000)
-    parser.add_argument("--instances", type=int, default=1)
+    add_batching_arguments(parser)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    config = TritonConfig(http_address="127.0.0.1", http_port=args.http_port, grpc_address="127.0.0.1",
-                          grpc_port=args.grpc_port, metrics_port=free_port(), log_verbose=0)
-    with Triton(config=config) as triton:
-        triton.bind(
-            model_name=MODEL,
-            infer_func=[make_infer(args.threads) for _ in range(args.instances)],
-            inputs=[Tensor(name="input", dtype=np.float32, shape=(1, 28, 28))],
-            outputs=[Tensor(name=name, dtype=np.float32, shape=(size,)) for name, size in output_widths().items()],
-            config=ModelConfig(max_batch_size=args.max_batch_size,
-                               batcher=DynamicBatcher(max_queue_delay_microseconds=args.queue_delay_us)),
-            strict=False,
-        )
-        triton.serve()
+    outputs = [Tensor(name=name, dtype=np.float32, shape=(size,)) for name, size in output_widths().items()]
+    serve(MODEL, lambda: make_infer(args.threads), [Tensor(name="input", dtype=np.float32, shape=(1, 28, 28))],
+          outputs, args, http_port=args.http_port, grpc_port=args.grpc_port)
 
 
 if __name__ == "__main__":
