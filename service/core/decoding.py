@@ -24,7 +24,7 @@ from PIL import Image
 
 from rbn.contract.bundle import InputSpec
 from service.core import context, imagecheck
-from service.core.compare import corrupt_images
+from service.core.corrupting import corrupt_images
 from service.core.config import Settings
 from service.core.decodeproc import Processes
 from service.core.errors import DecodeBusy, ServiceError, TooManyPixels
@@ -215,7 +215,7 @@ class Decoder:
         return results
 
     async def corrupt(self, images: np.ndarray, name: str, severity: int, seed: int) -> np.ndarray:
-        """/ab's server-side corruption of decoded uint8 (N, C, H, W) images (``compare.corrupt_images``):
+        """/ab's server-side corruption of decoded uint8 (N, C, H, W) images (``corrupting.corrupt_images``):
         on the event loop while the batch holds at most ``inline_decode_pixels`` values (28x28 images),
         else in the pool (at 224x224 RGB one zoom blur costs a second or more); 503 when the pool is full."""
         if images.size <= self.inline_pixels:

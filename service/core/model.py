@@ -22,7 +22,7 @@ from rbn.contract.bundle import LOGITS_NAME, SCORE_NAME, STATS_NAME, BundleError
 from service.core import imaging
 from service.core.answers import Prediction, flagged
 from service.core.batching import Batcher, BatchSlice
-from service.core.compare import corrupt_images
+from service.core.corrupting import corrupt_images
 from service.core.config import Settings
 from service.core.decoding import Decoder, Upload
 from service.core.errors import InvalidArgument

@@ -1,6 +1,6 @@
 """service.core.decoding's paths in process: files opened and decoded in the pool's threads (no deadline),
 the choice of killable processes when there is one, Pool.run, and /ab's corruption inline or in the
-pool, at the exact size where it moves. References: imaging.decode and compare.corrupt_images called
+pool, at the exact size where it moves. References: imaging.decode and corrupting.corrupt_images called
 directly, never the decoder itself."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from tests.service.asgi_app import SHIPPED
 
 from rbn.contract.bundle import InputSpec
 from service.core import imaging
-from service.core.compare import corrupt_images
+from service.core.corrupting import corrupt_images
 from service.core.config import Settings
 from service.core.decodeproc import Processes
 from service.core.decoding import Decoder, Pool, Upload

@@ -14,7 +14,7 @@ from PIL import Image
 from skimage import data
 
 from rbn.contract.bundle import InputSpec
-from service.core.compare import corrupt_images
+from service.core.corrupting import corrupt_images
 from service.core.config import Settings
 from service.core.decoding import Decoder, Upload
 from service.core.errors import DecodeBusy, TooManyPixels
@@ -77,7 +77,7 @@ async def pool_held(d: Decoder):
 def test_large_images_are_corrupted_in_the_pool_small_ones_inline():
     """With the pool's one thread held and no queue, a 224-px RGB batch gets 503 decode_busy (it would
     have run in the pool); a 28x28 grey batch is corrupted inline all the same. Results equal
-    compare.corrupt_images either way."""
+    corrupting.corrupt_images either way."""
     photo = np.random.default_rng(0).integers(0, 256, (1, 3, 224, 224), dtype=np.uint8)
     small = np.random.default_rng(1).integers(0, 256, (4, 1, 28, 28), dtype=np.uint8)
     d = decoder(decode_queue_size=0)

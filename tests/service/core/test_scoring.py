@@ -10,7 +10,8 @@ from rbn.contract.corruptions import corrupt
 from rbn.contract.bundle import GraphOodCalibration
 from rbn.contract.ood import calibrate_rms as calibrate, rms_score as score
 from service.core.answers import verdict
-from service.core.compare import content_key, corrupt_images, kl_divergence, l1_distance
+from service.core.compare import kl_divergence, l1_distance
+from service.core.corrupting import content_key, corrupt_images
 from service.core.model import parse_label
 from service.core.errors import InvalidArgument
 from service.core.ood import OodScorer
