@@ -4,9 +4,10 @@ Defined once, for serving and evaluation alike: ``service.core.model.Model.predi
 peers call) and ``rbn evaluate`` (``rbn.experiments.evaluate.OnnxClassifier``) both read a graph through
 ``GraphRunner.outputs``, so evaluation feeds the graph the tensors the service feeds it and reads the
 outputs the service reads, by name (``rbn.contract.bundle.graph_outputs``). It lives in the contract
-rather than the service because the dependencies run one way, rbn -> models -> service. numpy only: the
-graph is any callable from a float32 (N, C, H, W) batch to its outputs, in ``output_names`` order (an ONNX
-Runtime session's ``run``, or ``service.core.runtime.ModelRuntime.run``).
+rather than in service/ because rbn/ never imports the service (rbn/ builds the bundles in models/, which
+service/ serves). numpy only: the graph is any callable from a float32 (N, C, H, W) batch to its outputs in
+``output_names`` order (``service.core.runtime.ModelRuntime.run``, or an ONNX Runtime session's ``run`` with
+the output names and input name bound, as ``rbn.experiments.evaluate`` does).
 """
 
 from __future__ import annotations

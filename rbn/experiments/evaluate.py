@@ -1,7 +1,7 @@
 """Evaluate exported models: clean accuracy, corruption robustness, OOD detection.
 
-Works on ONNX bytes through ONNX Runtime (CPU), read through the service's own graph runner
-(rbn.contract.graph.GraphRunner, which service.core.model.Model.predict calls too), so it measures exactly
+Works on ONNX bytes through ONNX Runtime (CPU), read through the graph runner the service's
+Model.predict calls too (rbn.contract.graph.GraphRunner), so it measures exactly
 what the service runs; a checkpoint is exported in memory first (see rbn.cli). Torch-free.
 
 OOD: every candidate score of rbn.contract.ood (and the first, `rms_z` from `rbn_stats`) is fitted on

@@ -79,11 +79,10 @@ class _Refused(Exception):
 
 
 def guarded_protocol(read_timeout_s: float, max_connections: int, retry_after_s: int, on_event: Event,
-                     head: HeadLimits = HeadLimits(), write_timeout_s: float = 30.0,
-                     forms: ErrorForms | None = None) -> type:
+                     head: HeadLimits = HeadLimits(), write_timeout_s: float = 30.0, *,
+                     forms: ErrorForms) -> type:
     """An httptools protocol class with these limits (uvicorn's ``Config(http=...)`` takes a class); its
-    refusals answer in ``forms`` (the app's ``ErrorForms``; ours everywhere when None)."""
-    forms = forms or ErrorForms()
+    refusals answer in the form ``forms`` (the app's ``ErrorForms``) finds for their path."""
 
     head_bytes_limit = head.max_header_bytes + head.max_url_bytes + 64  # a whole head: request line and headers
     sweep_s = min(SWEEP_S, read_timeout_s / 4, write_timeout_s / 4)

@@ -3,9 +3,10 @@ function and its FastAPI handler.
 
 Our routes answer ``{"error": {"code": ..., "message": ...}}``; the Open Inference Protocol's routes answer
 the protocol's ``{"error": message}``. A protocol's router declares its form (``route_class(OIP)``), so the
-route that takes a request decides its form. A request that no route has taken yet (refused by the gate or
-the connection before routing) or that none takes (404) gets the form of the router whose prefix holds its
-path (``ErrorForms``): the router's own declaration, not a path written here.
+route that takes a request decides its form (ours where it declares none). A request that no route has taken
+yet (refused by the gate, or by the connection once its URL is read: 408, 503) or that none takes (404) gets
+the form of the router whose prefix holds its path (``ErrorForms``): the router's own declaration, not a path
+written here. A request refused before its URL is whole (414, 431) gets ours.
 """
 
 from __future__ import annotations
@@ -70,17 +71,16 @@ def declared_form(route: object) -> ErrorForm | None:
 
 
 class ErrorForms:
-    """The form of every request: its route's (``declared_form``); for a request with no route, that of
-    the router whose prefix holds the path; ours otherwise."""
+    """The form of every request: the form its route declares, ours where the route declares none; for a
+    request with no route, that of the declaring router whose prefix holds the path, else ours."""
 
     def __init__(self, routers: Iterable[APIRouter] = ()) -> None:
         self._prefixes = [(router.prefix, form) for router in routers
                           if router.prefix and (form := getattr(router.route_class, "error_form", None)) is not None]
 
     def of(self, path: str, route: object = None) -> ErrorForm:
-        declared = declared_form(route)
-        if declared is not None:
-            return declared
+        if route is not None:
+            return declared_form(route) or OURS
         for prefix, form in self._prefixes:
             if path == prefix or path.startswith(prefix + "/"):
                 return form

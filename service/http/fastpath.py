@@ -30,10 +30,10 @@ PATH = "/predict"
 class RawPredict:
     """ASGI middleware: takes the requests it ``matches``, passes the others to ``app``."""
 
-    def __init__(self, app, router: Router, on_reject: Rejected, forms: ErrorForms | None = None) -> None:
+    def __init__(self, app, router: Router, on_reject: Rejected, forms: ErrorForms) -> None:
         self.app = app
         self.on_reject = on_reject
-        self.forms = forms or ErrorForms()  # /predict's route declares no form: ours, whatever the app's routers
+        self.forms = forms
         self.route = next(r for r in predict.router.routes if isinstance(r, Route) and r.path == PATH)
         dependencies = _dependencies(router, self.route)
         if dependencies:

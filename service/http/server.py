@@ -154,7 +154,7 @@ def serve_worker(settings: Settings, sock: socket.socket, metrics: Metrics | Non
         http=guarded_protocol(settings.read_timeout_s, settings.max_connections, settings.retry_after_s,
                               lambda reason: metrics.rejected.labels(UNMATCHED, reason).inc(),
                               HeadLimits(settings.max_header_bytes, settings.max_header_count, settings.max_url_bytes),
-                              settings.write_timeout_s, app.state.error_forms),
+                              settings.write_timeout_s, forms=app.state.error_forms),
     )
     app.state.service.on_ready = settle_heap
     state = app.state.service

@@ -47,13 +47,12 @@ def stale():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, stale):
-    proc = Server(tmp_path_factory.mktemp("workers-join"), workers=2).wait_ready()
-    deadline = time.monotonic() + 90
-    while proc.log().count("ready: serving") < 2:
-        assert time.monotonic() < deadline, proc.log_tail()
-        time.sleep(0.1)
-    yield proc
-    proc.stop()
+    with Server(tmp_path_factory.mktemp("workers-join"), workers=2).wait_ready() as proc:
+        deadline = time.monotonic() + 90
+        while proc.log().count("ready: serving") < 2:
+            assert time.monotonic() < deadline, proc.log_tail()  # the server is stopped all the same
+            time.sleep(0.1)
+        yield proc
 
 
 def workers(server: Server) -> list[int]:

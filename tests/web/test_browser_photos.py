@@ -23,9 +23,8 @@ def photo_page(tmp_path_factory):
     write_photo_pair(repo, size=SIZE)
     server = RbnServe(tmp_path_factory.mktemp("photo-page") / "server.log", model_repository=repo)
     server.ready_timeout = 120.0
-    server.wait_ready()
-    yield server
-    server.stop()
+    with server.wait_ready():
+        yield server
 
 
 def test_a_photo_model_on_the_page(browser, photo_page, tmp_path):

@@ -46,8 +46,9 @@ def test_relative_corruption_error_is_one_for_the_baseline_itself():
 
 
 def test_evaluation_feeds_the_graph_the_tensors_the_service_does():
-    """rbn.experiments.evaluate normalises with rbn.experiments.data.normalize, the service with its model's
-    Normalizer(meta.input): for every shipped bundle the arrays and the graph's outputs are identical."""
+    """Training normalises with rbn.experiments.data.normalize and evaluation with Normalizer(data.INPUT) (through
+    GraphRunner), the service with its model's Normalizer(meta.input): for every shipped bundle the arrays and the
+    graph's outputs are identical."""
 
     import onnxruntime as ort
 

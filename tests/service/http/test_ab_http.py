@@ -11,7 +11,7 @@ from rbn.contract.bundle import read_meta
 from rbn.contract.corruptions import corrupt
 from rbn.experiments.data import LABELS
 from service.http.routes.schemas.inference import AbResponse
-from service.core.compare import content_key
+from service.core.corrupting import content_key
 from service.core.imaging import Normalizer, decode
 
 

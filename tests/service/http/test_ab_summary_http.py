@@ -15,7 +15,7 @@ from tests.service.svc_support import BN, RBN, start_server
 from rbn.contract.bundle import read_meta
 from rbn.contract.corruptions import corrupt
 from service.core.abstats import rate
-from service.core.compare import content_key
+from service.core.corrupting import content_key
 from service.http.routes.schemas.inference import AbResponse, AbSummaryResponse
 from service.core.imaging import decode
 

@@ -75,6 +75,8 @@ def test_the_route_that_takes_a_request_decides_its_form():
     assert FORMS.of("/v2/models/m/infer") is OIP  # refused before routing: the prefix its router declared
     assert FORMS.of("/v2") is OIP and FORMS.of("/v2/no/such/route") is OIP
     assert FORMS.of("/v2x") is OURS and FORMS.of("/predict") is OURS and FORMS.of("/") is OURS
-    # a route declares its form wherever it lives; no router, no form but ours
+    # a route declares its form wherever it lives, and one that declares none answers in ours (even under /v2)
     assert FORMS.of("/anywhere", route_class(OIP)("/anywhere", lambda: None)) is OIP
+    assert FORMS.of("/v2/models/m/infer", object()) is OURS
+    # no router declared, no form but ours
     assert ErrorForms().of("/v2/models/m/infer") is OURS

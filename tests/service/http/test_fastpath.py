@@ -10,7 +10,11 @@ import pytest
 
 from service.http.routes import predict
 from service.core.config import Settings
+from service.http.app import ROUTERS
+from service.http.errors import ErrorForms
 from service.http.fastpath import RawPredict
+
+FORMS = ErrorForms(ROUTERS)  # the app's
 
 
 def scope(method: str = "POST", path: str = "/predict", content_type: str | None = "image/png") -> dict:
@@ -56,7 +60,7 @@ def test_the_fast_path_takes_matching_requests_and_passes_the_others_on():
             return {}
 
     app.state.plane = Plane()
-    fast = RawPredict(framework, app.router, lambda request, status, code: None)
+    fast = RawPredict(framework, app.router, lambda request, status, code: None, FORMS)
 
     async def receive():
         return {"type": "http.request", "body": b"png", "more_body": False}
@@ -94,7 +98,7 @@ def test_the_fast_path_is_the_innermost_middleware_and_refuses_dependencies(tmp_
     guarded = FastAPI(dependencies=[Depends(audit)])
     guarded.include_router(predict.router)
     with pytest.raises(RuntimeError, match="dependencies"):
-        RawPredict(None, guarded.router, lambda request, status, code: None)
+        RawPredict(None, guarded.router, lambda request, status, code: None, FORMS)
 
 
 def test_an_unexpected_error_on_the_fast_path_is_a_logged_500_in_our_error_form(caplog):
@@ -113,7 +117,7 @@ def test_an_unexpected_error_on_the_fast_path_is_a_logged_500_in_our_error_form(
     app.state.service = SimpleNamespace(model=lambda name: SimpleNamespace(name="m"), settings=Settings())
     app.state.plane = Broken()
     rejected = []
-    fast = RawPredict(None, app.router, lambda request, status, code: rejected.append((status, code)))
+    fast = RawPredict(None, app.router, lambda request, status, code: rejected.append((status, code)), FORMS)
     sent = []
 
     async def receive():
