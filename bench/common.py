@@ -7,7 +7,6 @@ Standard library only (plus numpy), so every script, the GPU one included, can i
 from __future__ import annotations
 
 import argparse
-import ctypes
 import importlib.metadata
 import json
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from harness import procs
+from harness.procs import bounded_run, die_with_parent  # noqa: F401 - bounded_run: bench's scripts import it from here
 from harness.procs import free_port  # noqa: F401 - the scripts import it from here
 from harness.procs import process_tree
 
@@ -161,20 +161,6 @@ def percentiles_ms(latencies_s: Sequence[float], qs: Sequence[float] = (50, 95, 
 
 
 # --- subprocesses ----------------------------------------------------------------------------
-def _die_with_parent() -> None:
-    """Runs in the child before exec: it gets SIGKILL when the benchmark process dies (Linux)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def bounded_run(args: Sequence[str], timeout: float, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    """Run a helper (wrk, ...) to completion, killed after ``timeout`` seconds or with us."""
-    return subprocess.run(list(args), check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
-                          preexec_fn=_die_with_parent)
-
-
 def http(method: str, url: str, body: bytes | None = None, content_type: str | None = None,
          timeout: float = 10.0) -> tuple[int, bytes]:
     """One request through the standard library; (status, body); status 0 when nothing answers."""
@@ -191,7 +177,7 @@ class ServerProcess(procs.ServerProcess):
     def __init__(self, name: str, args: Sequence[str], port: int, log_path: Path, env: dict | None = None,
                  cwd: Path = ROOT) -> None:
         super().__init__(args, port, log_path, name=name, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                         preexec_fn=_die_with_parent)
+                         preexec_fn=die_with_parent)
 
     def rss_mb(self) -> float:
         """Resident memory (VmRSS), in MB (10^6 bytes)."""
@@ -203,7 +189,7 @@ class Service(procs.RbnServe):
     environment), killed when we die."""
 
     def __init__(self, log_path: Path, *flags: str, **settings) -> None:
-        super().__init__(log_path, *flags, popen={"stdin": subprocess.DEVNULL, "preexec_fn": _die_with_parent},
+        super().__init__(log_path, *flags, popen={"stdin": subprocess.DEVNULL, "preexec_fn": die_with_parent},
                          **settings)
 
     rss_mb = ServerProcess.rss_mb

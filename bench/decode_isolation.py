@@ -20,7 +20,7 @@ from PIL import Image
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import ROOT, SAMPLE_PNG, header  # noqa: E402
-from bench.serve_bench import Wrk  # noqa: E402
+from harness.wrk import Wrk  # noqa: E402
 from harness.procs import RbnServe  # noqa: E402
 
 

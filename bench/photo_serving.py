@@ -37,7 +37,7 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import Service, emit, exit_on_sigterm, header, parse_ints, progress  # noqa: E402
 from bench.decode_224 import photos  # noqa: E402
-from bench.serve_bench import Wrk  # noqa: E402
+from harness.wrk import Wrk  # noqa: E402
 from bench.peers.pipeline import Pipeline  # noqa: E402
 
 

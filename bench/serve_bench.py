@@ -4,7 +4,7 @@ In one run: (1) the limit, in-process ONNX Runtime through the service's own ses
 (bench/inprocess.py) for the served model and its baseline; (2) the naive server
 (bench/naive_server.py under uvicorn); (3) this service (``python -m service.cli serve``). Both
 servers run as subprocesses on 127.0.0.1 ephemeral ports and are driven by Debian's ``wrk`` with
-bench/wrk_post.lua (raw-body POST of one sample image) at fixed concurrency levels, each after a
+harness/wrk_post.lua (raw-body POST of one sample image) at fixed concurrency levels, each after a
 warm-up, for a fixed duration. Also: ``/ab`` and the BN baseline (``/predict?model=...``) through
 the service, and the service's resident memory after N1 vs N2 requests. Prints a Markdown section.
 Every subprocess has a timeout; the servers are stopped in ``finally`` and die with this process.
@@ -20,7 +20,6 @@ import argparse
 import gc
 import json
 import math
-import os
 import shutil
 import sys
 import tempfile
@@ -35,7 +34,6 @@ from bench.common import (  # noqa: E402
     Paused,
     ServerProcess,
     Service,
-    bounded_run,
     emit,
     exit_on_sigterm,
     free_port,
@@ -51,28 +49,11 @@ from service.core.config import Settings  # noqa: E402
 from service.core.model import choose_primary  # noqa: E402
 from service.core.repository import scan  # noqa: E402
 from service.core.runtime import default_threads  # noqa: E402
+from harness.wrk import Load, Wrk, wrk_version  # noqa: E402
 
-WRK_POST = ROOT / "bench" / "wrk_post.lua"
 WRK_COUNT = ROOT / "bench" / "wrk_count.lua"
 CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
                  ".bmp": "image/bmp", ".gif": "image/gif", ".tif": "image/tiff", ".tiff": "image/tiff"}
-
-
-@dataclass(frozen=True)
-class Load:
-    """What wrk measured in one fixed-duration (or fixed-count) run."""
-
-    requests: int
-    seconds: float
-    errors: int
-    non_2xx: int
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-
-    @property
-    def per_s(self) -> float:
-        return self.requests / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -86,37 +67,14 @@ class Row:
     naive: float | None = None  # the naive server's req/s at this concurrency (service rows)
 
 
-class Wrk:
-    def __init__(self, executable: str, threads: int, body: Path, content_type: str,
-                 script_env: dict[str, str] | None = None) -> None:
-        self.executable = executable
-        self.threads = threads
-        self.body = body
-        self.content_type = content_type
-        self.script_env = script_env or {}  # more variables for the Lua script (wrk_peer.lua's EXTRA_HEADERS)
-
-    def run(self, url: str, concurrency: int, seconds: int, script: Path = WRK_POST, max_requests: int = 0) -> Load:
-        threads = max(1, min(self.threads, concurrency))
-        args = [self.executable, f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--latency", "--timeout", "30s",
-                "-s", str(script), url]
-        env = {**os.environ, "BODY_FILE": str(self.body), "CONTENT_TYPE": self.content_type,
-               "MAX_REQUESTS": str(max_requests), **self.script_env}
-        done = bounded_run(args, timeout=seconds + 60, env=env)
-        line = next((ln for ln in done.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
-        if done.returncode != 0 or line is None:
-            raise RuntimeError(f"wrk failed (exit {done.returncode}): {' '.join(args)}\n{done.stdout}\n{done.stderr}")
-        data = json.loads(line.split(" ", 1)[1])
-        return Load(data["requests"], data["duration_us"] / 1e6, data["errors"], data["non_2xx"],
-                    data["p50_us"] / 1e3, data["p95_us"] / 1e3, data["p99_us"] / 1e3)
-
-    def drive(self, url: str, concurrency: int, warmup: int, duration: int) -> Load:
-        """A warm-up run (discarded), then the measured run."""
-        if warmup > 0:
-            self.run(url, concurrency, warmup)
-        load = self.run(url, concurrency, duration)
-        progress(f"{url} c={concurrency}: {load.per_s:.0f} req/s, p50 {load.p50_ms:.2f} ms, "
-                 f"p99 {load.p99_ms:.2f} ms, errors {load.errors}")
-        return load
+def drive(wrk: Wrk, url: str, concurrency: int, warmup: int, duration: int) -> Load:
+    """A warm-up run (discarded), then the measured run."""
+    if warmup > 0:
+        wrk.run(url, concurrency, warmup)
+    load = wrk.run(url, concurrency, duration)
+    progress(f"{url} c={concurrency}: {load.per_s:.0f} req/s, p50 {load.p50_ms:.2f} ms, "
+             f"p99 {load.p99_ms:.2f} ms, errors {load.errors}")
+    return load
 
 
 # --- the two servers ---------------------------------------------------------------------------
@@ -292,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             naive = start_naive(bundles[model].path, log_dir, body, content_type, args.ready_timeout)
             try:
                 for c in args.concurrency:
-                    load = wrk.drive(naive.url + "/predict", c, args.warmup, args.duration)
+                    load = drive(wrk, naive.url + "/predict", c, args.warmup, args.duration)
                     naive_rps[c] = load.per_s
                     rows.append(Row("naive", "/predict", model, c, load, best_of[model]))
             finally:
@@ -310,16 +268,16 @@ def main(argv: list[str] | None = None) -> int:
             if args.rss_requests:
                 rss = memory_check(wrk, service, tuple(args.rss_requests), args.rss_concurrency)
             for c in args.concurrency:
-                load = wrk.drive(service.url + "/predict", c, args.warmup, args.duration)
+                load = drive(wrk, service.url + "/predict", c, args.warmup, args.duration)
                 rows.append(Row("service", "/predict", model, c, load, best_of[model], naive_rps.get(c)))
             if baseline:
                 for c in extra_c:
                     if c not in args.concurrency:  # RBN at this level too, next to BN
-                        load = wrk.drive(service.url + "/predict", c, args.warmup, args.duration)
+                        load = drive(wrk, service.url + "/predict", c, args.warmup, args.duration)
                         rows.append(Row("service", "/predict", model, c, load, best_of[model], naive_rps.get(c)))
-                    load = wrk.drive(f"{service.url}/predict?model={baseline}", c, args.warmup, args.duration)
+                    load = drive(wrk, f"{service.url}/predict?model={baseline}", c, args.warmup, args.duration)
                     rows.append(Row("service", "/predict", baseline, c, load, best_of[baseline]))
-                    load = wrk.drive(service.url + "/ab", c, args.warmup, args.duration)
+                    load = drive(wrk, service.url + "/ab", c, args.warmup, args.duration)
                     rows.append(Row("service", "/ab", f"{model} + {baseline}", c, load, ab_limit))
         finally:
             service.stop()
@@ -330,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = header("Serving throughput: this service vs the in-process limit and a naive server",
                    packages=("onnxruntime", "numpy", "fastapi", "uvicorn", "uvloop", "httptools"), extra=[
         (f"Client: {wrk_version(args.wrk)}, `-t{args.wrk_threads}` (capped at the concurrency), `--latency`, "
-         f"bench/wrk_post.lua POSTing `{shown_path(args.body)}` ({len(body)} bytes, {content_type}) as the raw body; "
+         f"harness/wrk_post.lua POSTing `{shown_path(args.body)}` ({len(body)} bytes, {content_type}) as the raw body; "
          f"{args.warmup} s warm-up then {args.duration} s per row; loopback"),
         (f"Model: `{model}`" + (f", baseline `{baseline}`" if baseline else "") + f" from `{args.model_repository}`; "
          f"ONNX Runtime providers {providers_seen}, intra-op threads {threads} for the limit and the service"),
@@ -362,11 +320,6 @@ def main(argv: list[str] | None = None) -> int:
 def shown_path(path: Path) -> str:
     resolved = path.resolve()
     return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(path)
-
-
-def wrk_version(executable: str) -> str:
-    out = bounded_run([executable, "-v"], 10).stdout.strip()
-    return out.splitlines()[0].split(" Copyright")[0].strip() if out else "wrk"
 
 
 if __name__ == "__main__":

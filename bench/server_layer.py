@@ -25,7 +25,8 @@ from pathlib import Path
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import ROOT, SAMPLE_PNG, ServerProcess, free_port, header, parse_ints, python_env  # noqa: E402
-from bench.serve_bench import Wrk  # noqa: E402
+from bench.serve_bench import drive  # noqa: E402
+from harness.wrk import Wrk  # noqa: E402
 from harness.clients import Probe, status_of, stream_head  # noqa: E402
 from harness.procs import tree_rss_bytes  # noqa: E402
 
@@ -106,7 +107,7 @@ def main() -> int:
                         if workers == 1:
                             row["hostile"] = hostile(server, args.hostile_s)
                         for c in parse_ints(args.concurrency):
-                            load = wrk.drive(server.url + "/predict", c, 2, args.duration)
+                            load = drive(wrk, server.url + "/predict", c, 2, args.duration)
                             row[f"c{c}"] = {"rps": load.requests / load.seconds, "p50_ms": load.p50_ms,
                                             "p99_ms": load.p99_ms, "errors": load.errors, "non_2xx": load.non_2xx}
                     finally:

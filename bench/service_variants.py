@@ -30,7 +30,8 @@ from pathlib import Path
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import ROOT, SAMPLE_PNG, process_tree, emit, exit_on_sigterm, header, parse_ints, progress  # noqa: E402
-from bench.serve_bench import Wrk, start_service, wrk_version  # noqa: E402
+from bench.serve_bench import start_service  # noqa: E402
+from harness.wrk import Wrk, wrk_version  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -2,12 +2,13 @@
 ``RbnServe``, the one way the tests and benchmarks start ``rbn-serve serve`` (settings as its flags).
 
 Shared by the test helpers (tests/service, tests/web, tests/deploy, tests/reliability) and the benchmark
-scripts (through bench/common.py). Standard library only, so that every script, the GPU one included, can
+scripts (through bench/common.py); ``bounded_run`` runs a helper program (wrk: harness/wrk.py) to completion. Standard library only, so that every script, the GPU one included, can
 import it; it imports neither the service nor the tests.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -166,6 +167,21 @@ class ServerProcess:
 
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def die_with_parent() -> None:
+    """A ``preexec_fn``: the child gets SIGKILL when the process that started it dies (Linux), so that a
+    benchmark or test killed in the middle leaves no helper or server behind."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def bounded_run(args: Sequence[str], timeout: float, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run a helper (wrk, ...) to completion, killed after ``timeout`` seconds or with us."""
+    return subprocess.run(list(args), check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=die_with_parent)
 
 
 def setting_flags(settings: dict[str, object]) -> list[str]:

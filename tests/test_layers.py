@@ -23,6 +23,8 @@ FORBIDDEN = {
     "service/tools": ("torch", "service.http", "service.grpc", "rbn.library", "rbn.experiments"),
     "harness": ("tests", "bench", "service", "rbn"),
     "bench": ("tests",),
+    # the tests never import bench (tests/bench and tests/deploy's GPU-stage test test bench's own scripts)
+    **{f"tests/{room}": ("bench",) for room in ("service", "rbn", "grpc", "web", "reliability", "docs")},
 }
 
 

@@ -55,7 +55,7 @@ from bench.common import (  # noqa: E402
 from bench.peers import framing, venvs  # noqa: E402
 from bench.peers.catalog import PEERS, Peer, Setting  # noqa: E402
 from harness.procs import http  # noqa: E402 - raises OSError when nothing answers (bench.common.http hides it)
-from bench.serve_bench import Load, Wrk, wrk_version  # noqa: E402
+from harness.wrk import Load, Wrk, wrk_version  # noqa: E402
 
 WRK_PEER = ROOT / "bench" / "peers" / "wrk_peer.lua"
 BEGIN, END = "<!-- peers:begin -->", "<!-- peers:end -->"

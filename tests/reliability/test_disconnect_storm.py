@@ -19,7 +19,7 @@ import time
 import numpy as np
 import pytest
 
-from bench.serve_bench import Wrk
+from harness.wrk import Wrk
 from tests.reliability.rel_support import RBN, ROOT, get, start
 
 STORM = r"""

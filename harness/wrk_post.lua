@@ -1,5 +1,5 @@
 -- wrk script: POST the file named by BODY_FILE as the raw body; print percentiles as JSON.
--- (wrk_count.lua loads this file and adds a request limit.)
+-- (bench/wrk_count.lua and bench/peers/wrk_peer.lua load this file and add to it; harness/wrk.py runs it.)
 local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
 wrk.body = f:read("*a")
 f:close()
