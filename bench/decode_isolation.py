@@ -20,6 +20,7 @@ from PIL import Image
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import ROOT, SAMPLE_PNG, header  # noqa: E402
+from bench.serve_bench import drive  # noqa: E402
 from harness.wrk import Wrk  # noqa: E402
 from harness.procs import RbnServe  # noqa: E402
 
@@ -48,7 +49,7 @@ def main() -> int:
                                   decode_timeout_s=timeout).wait_ready(120)
                 try:
                     for name, (body, ctype) in bodies.items():
-                        load = Wrk("wrk", 2, body, ctype).drive(server.url + "/predict", args.concurrency, 2, args.duration)
+                        load = drive(Wrk("wrk", 2, body, ctype), server.url + "/predict", args.concurrency, 2, args.duration)
                         print(json.dumps({"round": r, "mode": mode, "body": name, "rps": round(load.requests / load.seconds, 1),
                                           "p50_ms": load.p50_ms, "p99_ms": load.p99_ms, "errors": load.errors,
                                           "non_2xx": load.non_2xx}), flush=True)

@@ -37,6 +37,7 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import Service, emit, exit_on_sigterm, header, parse_ints, progress  # noqa: E402
 from bench.decode_224 import photos  # noqa: E402
+from bench.serve_bench import drive  # noqa: E402
 from harness.wrk import Wrk  # noqa: E402
 from bench.peers.pipeline import Pipeline  # noqa: E402
 
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                     best = max(rates, key=rates.get)
                     limits.append((rates[best], best))
                     progress(f"{label} round {r + 1}: in-process " + ", ".join(f"b{b} {v:.1f}/s" for b, v in rates.items()))
-                    load = wrk.drive(url, args.concurrency, args.warmup, args.duration)
+                    load = drive(wrk, url, args.concurrency, args.warmup, args.duration)
                     if load.errors or load.non_2xx:
                         raise SystemExit(f"the service answered errors: {load}")
                     served.append(load)
