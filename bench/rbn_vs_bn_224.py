@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
-from bench.rbn_vs_bn_latency import interleaved_ms, plain_export, profile_by_op, session
-from rbn.library.convert import convert_bn_to_rbn
-from rbn.library.export import export_onnx
-from rbn.library.intake import build_model
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # `python bench/rbn_vs_bn_224.py` as documented
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.rbn_vs_bn_latency import interleaved_ms, plain_export, profile_by_op, session  # noqa: E402
+from rbn.library.convert import convert_bn_to_rbn  # noqa: E402
+from rbn.library.export import export_onnx  # noqa: E402
+from rbn.library.intake import build_model  # noqa: E402
 
 SHAPE = (3, 224, 224)
 GRAPHS = ("BN (ordinary export)", "BN + rbn_stats", "RBN folded")
