@@ -322,12 +322,8 @@ def test_each_caller_gets_its_rows_its_wait_and_the_batchs_time_and_size():
         return sums(x)
 
     async def main():
-        held = Held(slow)
-        batcher = Batcher("m", held, max_batch_size=4, max_queue_delay_s=0.0, max_queue_size=8,
-                          observer=lambda images, infer_s, waits: seen.append((images, infer_s, waits)))
-        batcher.start()
-        first = asyncio.ensure_future(batcher.submit(image(1.0)))
-        await asyncio.to_thread(held.entered.wait, 30)
+        held, batcher, first = await occupied(slow, max_batch_size=4, max_queue_delay_s=0.0, max_queue_size=8,
+                                              observer=lambda images, infer_s, waits: seen.append((images, infer_s, waits)))
         second = asyncio.ensure_future(batcher.submit(image(2.0, 2)))
         third = asyncio.ensure_future(batcher.submit(image(3.0)))
         await until(lambda: batcher.pending == 3 and batcher.queued_images == 0)
@@ -474,12 +470,8 @@ def test_a_failed_batch_retried_alone_counts_each_request_and_observes_each(capl
         return sums(x)
 
     async def main():
-        held = Held(picky)
-        batcher = Batcher("m", held, max_batch_size=4, max_queue_delay_s=0.0, max_queue_size=8,
-                          observer=lambda images, infer_s, waits: seen.append((images, infer_s, waits)))
-        batcher.start()
-        first = asyncio.ensure_future(batcher.submit(image(1.0)))
-        await asyncio.to_thread(held.entered.wait, 30)
+        held, batcher, first = await occupied(picky, max_batch_size=4, max_queue_delay_s=0.0, max_queue_size=8,
+                                              observer=lambda images, infer_s, waits: seen.append((images, infer_s, waits)))
         good = asyncio.ensure_future(batcher.submit(image(2.0, 2)))
         bad = in_context(batcher, image(-1.0), "bad-1")
         await until(lambda: batcher.pending == 3 and batcher.queued_images == 0)
