@@ -54,17 +54,21 @@ def photos(size: tuple[int, int], quality: int) -> dict[str, bytes]:
     from skimage import data
 
     astronaut = data.astronaut()[64:448]  # 512x384: 4:3
-    out = {}
-    for name, pixels, noise in (("chelsea", data.chelsea(), 0), ("astronaut", astronaut, 0),
-                                ("chelsea + noise", data.chelsea(), NOISE)):
-        big = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BICUBIC))
-        if noise:  # sensor-like texture: an upscaled photo is smoother (smaller, faster to decode) than a camera's
-            grain = np.random.default_rng(0).normal(0.0, noise, big.shape[:2])[..., None]
-            big = np.clip(big + grain, 0, 255).astype(np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(big).save(buffer, "JPEG", quality=quality)
-        out[name] = buffer.getvalue()
-    return out
+    return {name: jpeg(pixels, quality, size, noise)
+            for name, pixels, noise in (("chelsea", data.chelsea(), 0), ("astronaut", astronaut, 0),
+                                        ("chelsea + noise", data.chelsea(), NOISE))}
+
+
+def jpeg(pixels: np.ndarray, quality: int, size: tuple[int, int] | None = None, noise: float = 0.0) -> bytes:
+    """uint8 (H, W, 3) pixels as a JPEG, upscaled (bicubic) to ``size`` first and grained by ``noise`` when given."""
+    if size is not None:
+        pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BICUBIC))
+    if noise:  # sensor-like texture: an upscaled photo is smoother (smaller, faster to decode) than a camera's
+        grain = np.random.default_rng(0).normal(0.0, noise, pixels.shape[:2])[..., None]
+        pixels = np.clip(pixels + grain, 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
 
 
 def full_decode(raw: bytes, reducing_gap: float | None) -> np.ndarray:
