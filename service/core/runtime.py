@@ -179,8 +179,7 @@ class ModelRuntime:
 
     def warm_up(self, max_batch_size: int) -> float:
         """Run every batch size 1..max_batch_size once (allocations, kernels, cuDNN searches); seconds taken."""
-        spec = self.meta.input
-        zeros = np.zeros((max_batch_size, spec.channels, spec.height, spec.width), np.float32)
+        zeros = self._zeros(max_batch_size)
         start = time.perf_counter()
         for n in range(1, max_batch_size + 1):
             try:
@@ -201,8 +200,7 @@ class ModelRuntime:
         of 1, 2, 4, ... and ``max_batch_size`` timed ``rounds`` times, interleaved; its fastest run counts (another
         job on the machine only ever slows a run down). The largest size within ``tolerance`` of the fastest
         per-image time wins: a larger batch also spreads the batcher's own work."""
-        spec = self.meta.input
-        zeros = np.zeros((max_batch_size, spec.channels, spec.height, spec.width), np.float32)
+        zeros = self._zeros(max_batch_size)
         sizes = batch_candidates(max_batch_size)
         timings: dict[int, list[float]] = {n: [] for n in sizes}
         for _ in range(rounds):
@@ -213,6 +211,11 @@ class ModelRuntime:
         per_image = {n: min(t) * 1e3 for n, t in timings.items()}
         best = min(per_image.values())
         return max(n for n, ms in per_image.items() if ms <= best * tolerance), per_image
+
+    def _zeros(self, images: int) -> np.ndarray:
+        """A float32 batch of ``images`` blank inputs in this model's shape (warm-up and timing runs)."""
+        spec = self.meta.input
+        return np.zeros((images, spec.channels, spec.height, spec.width), np.float32)
 
     def _keep_single_if_faster(self, one: np.ndarray, rounds: int = 9) -> None:
         """Time one image on both sessions, interleaved; drop the one-thread session unless its median wins."""
