@@ -2,8 +2,9 @@
 ``RbnServe``, the one way the tests and benchmarks start ``rbn-serve serve`` (settings as its flags).
 
 Shared by the test helpers (tests/service, tests/web, tests/deploy, tests/reliability) and the benchmark
-scripts (through bench/common.py); ``bounded_run`` runs a helper program (wrk: harness/wrk.py) to completion. Standard library only, so that every script, the GPU one included, can
-import it; it imports neither the service nor the tests.
+scripts (through bench/common.py); ``bounded_run`` runs a helper program (wrk: harness/wrk.py) to
+completion. Standard library only, so that every script, the GPU one included, can import it; it imports
+neither the service nor the tests.
 """
 
 from __future__ import annotations
